@@ -1,0 +1,210 @@
+//! The segmented log of one queue: frame codec, segment files, sparse
+//! index, the group-commit writer, the reader and recovery.
+
+pub mod frame;
+pub mod index;
+pub mod segment;
+mod segments;
+mod recover;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::fs::Fs;
+use crate::options::{Durability, Options};
+
+pub use recover::{DamagedRange, QueueRecovery, TornTail};
+pub(crate) use segments::{SegmentFile, StoredFrame};
+pub(crate) use writer::now_ms;
+use writer::WriterState;
+
+/// Settings the log keeps from [`Options`].
+#[derive(Debug, Clone)]
+pub(crate) struct LogOptions {
+    pub durability: Durability,
+    pub segment_bytes_max: u64,
+    pub message_bytes_max: u32,
+    pub index_interval: u64,
+    pub write_buffer_bytes: usize,
+    pub recovery_mode: crate::RecoveryMode,
+}
+
+impl From<&Options> for LogOptions {
+    fn from(o: &Options) -> LogOptions {
+        LogOptions {
+            durability: o.durability,
+            segment_bytes_max: o.segment_bytes_max,
+            message_bytes_max: o.message_bytes_max,
+            index_interval: u64::from(o.index_interval_bytes),
+            write_buffer_bytes: o.write_buffer_bytes,
+            recovery_mode: o.recovery_mode,
+        }
+    }
+}
+
+/// The log of one queue.
+#[derive(Debug)]
+pub(crate) struct Log {
+    pub name: String,
+    pub dir: PathBuf,
+    pub fs: Arc<dyn Fs>,
+    pub opts: LogOptions,
+    /// Every segment by first id; the last one is active.
+    segments: RwLock<BTreeMap<u64, Arc<SegmentFile>>>,
+    state: Mutex<WriterState>,
+    /// Signalled when a flush round ends (ids became written or durable,
+    /// or the log was poisoned).
+    flushed: Condvar,
+    /// The active segment; held only by the thread running a flush round.
+    io: Mutex<writer::WriterIo>,
+    /// Wakes the interval timer early on close.
+    timer_wake: Condvar,
+    recovery: QueueRecovery,
+}
+
+impl Log {
+    /// What recovery found when this log was opened.
+    pub fn recovery(&self) -> &QueueRecovery {
+        &self.recovery
+    }
+
+    /// The smallest id still on disk (the first id of the oldest segment).
+    pub fn first_id(&self) -> u64 {
+        let segs = self.segments.read().expect("segments lock");
+        *segs.keys().next().expect("a log has at least one segment")
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().expect("segments lock").len()
+    }
+
+    fn segment_for(&self, id: u64) -> Option<Arc<SegmentFile>> {
+        let segs = self.segments.read().expect("segments lock");
+        segs.range(..=id).next_back().map(|(_, s)| s.clone())
+    }
+
+    fn segment_after(&self, first_id: u64) -> Option<Arc<SegmentFile>> {
+        let segs = self.segments.read().expect("segments lock");
+        segs.range(first_id + 1..).next().map(|(_, s)| s.clone())
+    }
+
+    /// Reads the message with `id`, if it is on disk and visible.
+    pub fn read(&self, id: u64) -> Result<Option<StoredFrame>> {
+        if id >= self.visible_next_id()? {
+            return Ok(None);
+        }
+        let Some(seg) = self.segment_for(id) else {
+            return Ok(None);
+        };
+        let mut cursor = seg.cursor(&*self.fs, id, self.opts.message_bytes_max, self.opts.index_interval)?;
+        let mut damage = None;
+        loop {
+            match cursor.next_frame() {
+                Ok(Some(f)) if f.id < id => {}
+                Ok(Some(f)) if f.id == id => return Ok(Some(f)),
+                Ok(_) => return damage.map_or(Ok(None), Err),
+                Err(e) if e.is_corruption() => damage = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A reader of the messages from `id` on.
+    pub fn reader(self: &Arc<Self>, id: u64) -> LogReader {
+        LogReader {
+            log: self.clone(),
+            next_id: id,
+            cursor: None,
+        }
+    }
+
+    /// Bytes of all segment files (from the writer's and loader's view).
+    pub fn bytes_on_disk(&self) -> Result<u64> {
+        let segs: Vec<_> = self.segments.read().expect("segments lock").values().cloned().collect();
+        let mut total = 0;
+        for s in segs {
+            total += s.extent(&*self.fs, self.opts.message_bytes_max, self.opts.index_interval)?.0;
+        }
+        Ok(total)
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        match self.opts.durability {
+            Durability::Interval(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn poisoned_error(&self, cause: &Arc<str>) -> Error {
+        Error::Poisoned {
+            queue: self.name.clone(),
+            cause: cause.clone(),
+        }
+    }
+}
+
+/// Reads messages in id order; see [`crate::Reader`].
+#[derive(Debug)]
+pub(crate) struct LogReader {
+    log: Arc<Log>,
+    next_id: u64,
+    cursor: Option<segments::Cursor>,
+}
+
+impl LogReader {
+    /// The next message, `Ok(None)` when caught up with the writer.
+    /// A corruption error is returned once per damaged range; reading
+    /// continues after it.
+    pub fn next(&mut self) -> Result<Option<StoredFrame>> {
+        let limit = self.log.visible_next_id()?;
+        loop {
+            if self.next_id >= limit {
+                return Ok(None);
+            }
+            if self.cursor.is_none() {
+                let first = self.log.first_id();
+                if self.next_id < first {
+                    self.next_id = first;
+                }
+                let Some(seg) = self.log.segment_for(self.next_id) else {
+                    return Ok(None);
+                };
+                self.cursor = Some(seg.cursor(
+                    &*self.log.fs,
+                    self.next_id,
+                    self.log.opts.message_bytes_max,
+                    self.log.opts.index_interval,
+                )?);
+            }
+            let cursor = self.cursor.as_mut().expect("set above");
+            match cursor.next_frame()? {
+                Some(f) if f.id < self.next_id => {}
+                Some(f) if f.id >= limit => return Ok(None),
+                Some(f) => {
+                    self.next_id = f.id + 1;
+                    return Ok(Some(f));
+                }
+                None => {
+                    let first = cursor.seg.first_id;
+                    match self.log.segment_after(first) {
+                        Some(next) => {
+                            self.next_id = self.next_id.max(next.first_id);
+                            self.cursor = None;
+                        }
+                        None => return Ok(None),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The id the next call starts at.
+    pub fn position(&self) -> u64 {
+        self.next_id
+    }
+}

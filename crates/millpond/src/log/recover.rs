@@ -1,0 +1,289 @@
+//! Opening a queue's log: find its segments, validate the tail, truncate a
+//! torn tail, report interior damage.
+//!
+//! Only the newest segment can hold unsynced bytes: a segment is fsynced
+//! whole before the next one is created. Its index file, written after an
+//! fsync (at seal and on clean close), describes a durable prefix, so the
+//! scan starts where the index ends: after a clean shutdown nothing is
+//! scanned, after a crash only what was written since the last index.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::index::{self, IndexError};
+use super::segment::{self, Damage};
+use super::segments::{SegmentFile, check_header};
+use super::writer::{WriterIo, WriterState};
+use super::{Log, LogOptions};
+use crate::error::{Error, IoContext, Result};
+use crate::fs::{Fs, FsFile, OpenMode};
+use crate::options::RecoveryMode;
+
+/// What opening one queue found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueRecovery {
+    /// The queue.
+    pub queue: String,
+    /// Segment files found.
+    pub segments: usize,
+    /// Segments whose frames were scanned (0 after a clean shutdown).
+    pub segments_scanned: usize,
+    /// Bytes of frames scanned.
+    pub bytes_scanned: u64,
+    /// Bytes cut off the end of the newest segment.
+    pub bytes_truncated: u64,
+    /// The torn tail that was truncated, if any.
+    pub torn_tail: Option<TornTail>,
+    /// Damaged ranges kept in place and skipped by readers
+    /// ([`RecoveryMode::Skip`] only; under `Fail` the open fails instead).
+    pub damaged: Vec<DamagedRange>,
+    /// A newest segment whose header was never completely written (a crash
+    /// while creating it) and was rewritten; it held no messages.
+    pub header_rewritten: Option<PathBuf>,
+    /// Time spent.
+    pub duration: Duration,
+}
+
+/// A torn tail: the last, partial record of the newest segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Where the valid data ends and the cut began.
+    pub offset: u64,
+    /// Bytes dropped.
+    pub bytes: u64,
+    /// Why the bytes there were not a valid frame.
+    pub detail: String,
+}
+
+/// A damaged range in the interior of a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRange {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Offset of the first bad byte.
+    pub offset: u64,
+    /// Length of the range.
+    pub len: u64,
+    /// What failed.
+    pub detail: String,
+}
+
+fn not_found(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+}
+
+impl Log {
+    /// Opens (creating if `create`) the log in `dir`.
+    pub(crate) fn open(name: &str, dir: PathBuf, fs: Arc<dyn Fs>, opts: LogOptions) -> Result<Arc<Log>> {
+        let started = Instant::now();
+        let mut report = QueueRecovery {
+            queue: name.to_owned(),
+            ..QueueRecovery::default()
+        };
+        let names = fs.list_dir(&dir).ctx("list queue directory", &dir)?;
+        let mut ids: Vec<u64> = names.iter().filter_map(|n| segment::parse_file_name(n)).collect();
+        ids.sort_unstable();
+        if ids.is_empty() {
+            create_segment(&*fs, &dir, 1)?;
+            ids.push(1);
+        }
+        report.segments = ids.len();
+        let tail_id = *ids.last().expect("at least one segment");
+        let mut segments = BTreeMap::new();
+        for &id in &ids[..ids.len() - 1] {
+            segments.insert(id, Arc::new(SegmentFile::sealed(&dir, id)));
+        }
+        let tail = recover_tail(&*fs, &dir, tail_id, &opts, &mut report)?;
+        let (len, next_id, last_entry) = (tail.len, tail.next_id, tail.entries.last().map(|e| e.1));
+        let tail_seg = Arc::new(SegmentFile::active(
+            &dir,
+            tail_id,
+            tail.file,
+            tail.len,
+            tail.next_id,
+            tail.entries,
+            tail.damage,
+        ));
+        segments.insert(tail_id, tail_seg.clone());
+        report.duration = started.elapsed();
+        let log = Arc::new(Log {
+            name: name.to_owned(),
+            dir,
+            fs,
+            state: Mutex::new(WriterState::new(next_id, &tail_seg, len, last_entry)),
+            opts,
+            segments: RwLock::new(segments),
+            flushed: Condvar::new(),
+            io: Mutex::new(WriterIo { active: tail_seg }),
+            timer_wake: Condvar::new(),
+            recovery: report,
+        });
+        if log.interval().is_some() {
+            let timer = log.clone();
+            std::thread::Builder::new()
+                .name(format!("millpond-fsync-{name}"))
+                .spawn(move || timer.run_timer())
+                .map_err(|e| Error::io("spawn fsync timer for", &log.dir, e))?;
+        }
+        Ok(log)
+    }
+}
+
+/// Creates an empty segment durably.
+fn create_segment(fs: &dyn Fs, dir: &Path, first_id: u64) -> Result<Arc<dyn FsFile>> {
+    let (path, _) = segment::paths(dir, first_id);
+    let file = fs.open(&path, OpenMode::CreateNew).ctx("create segment", &path)?;
+    file.write_all_at(&segment::encode_header(first_id), 0)
+        .ctx("write segment header", &path)?;
+    file.sync_data().ctx("fsync segment", &path)?;
+    fs.sync_dir(dir).ctx("fsync directory", dir)?;
+    Ok(file)
+}
+
+struct Tail {
+    file: Arc<dyn FsFile>,
+    len: u64,
+    next_id: u64,
+    entries: Vec<(u64, u64)>,
+    damage: Vec<Damage>,
+}
+
+fn recover_tail(
+    fs: &dyn Fs,
+    dir: &Path,
+    first_id: u64,
+    opts: &LogOptions,
+    report: &mut QueueRecovery,
+) -> Result<Tail> {
+    let (path, index_path) = segment::paths(dir, first_id);
+    let file = fs.open(&path, OpenMode::ReadWrite).ctx("open segment", &path)?;
+    let file_len = file.len().ctx("stat segment", &path)?;
+    let mut header = [0u8; segment::HEADER_LEN as usize];
+    let header_read = file_len >= segment::HEADER_LEN && file.read_exact_at(&mut header, 0).is_ok();
+    if !header_read || (header.iter().all(|&b| b == 0) && only_zeros(&*file, file_len, &path)?) {
+        // Created but its header never became durable: it holds nothing.
+        file.set_len(0).ctx("truncate segment", &path)?;
+        file.write_all_at(&segment::encode_header(first_id), 0)
+            .ctx("write segment header", &path)?;
+        file.sync_data().ctx("fsync segment", &path)?;
+        report.header_rewritten = Some(path);
+        return Ok(Tail {
+            file,
+            len: segment::HEADER_LEN,
+            next_id: first_id,
+            entries: Vec::new(),
+            damage: Vec::new(),
+        });
+    }
+    check_header(&path, &header, first_id)?;
+
+    // Start after what a valid index file already describes.
+    let (mut start, mut next_id, mut entries) = (segment::HEADER_LEN, first_id, Vec::new());
+    match fs.open(&index_path, OpenMode::Read) {
+        Ok(f) => {
+            let bytes = f.map().ctx("map index", &index_path)?;
+            match index::decode(&bytes) {
+                Ok(meta)
+                    if meta.first_id == first_id
+                        && meta.covered_bytes >= segment::HEADER_LEN
+                        && meta.covered_bytes <= file_len =>
+                {
+                    start = meta.covered_bytes;
+                    next_id = meta.next_id;
+                    entries = (0..(bytes.len() - index::HEADER_LEN) / index::ENTRY_LEN)
+                        .map(|i| index::entry(&bytes, i))
+                        .collect();
+                }
+                Err(IndexError::Version(found)) => {
+                    return Err(Error::UnsupportedVersion {
+                        path: index_path,
+                        found,
+                        supported: index::VERSION,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Err(e) if not_found(&e) => {}
+        Err(e) => return Err(Error::io("open index", &index_path, e)),
+    }
+
+    let mut damage = Vec::new();
+    let mut len = start;
+    if start < file_len {
+        let map = file.map().ctx("map segment", &path)?;
+        let s = segment::scan(
+            &map,
+            start,
+            next_id,
+            entries.last().map(|e: &(u64, u64)| e.1),
+            opts.index_interval,
+            opts.message_bytes_max,
+        );
+        drop(map);
+        report.segments_scanned += 1;
+        report.bytes_scanned += file_len - start;
+        if let Some(d) = s.damage.first()
+            && opts.recovery_mode == RecoveryMode::Fail
+        {
+            return Err(Error::corruption(
+                &path,
+                d.offset,
+                format!(
+                    "{} ({} bytes damaged, valid records follow; open with RecoveryMode::Skip to keep them readable)",
+                    d.detail, d.len
+                ),
+            ));
+        }
+        for d in &s.damage {
+            report.damaged.push(DamagedRange {
+                path: path.clone(),
+                offset: d.offset,
+                len: d.len,
+                detail: d.detail.clone(),
+            });
+        }
+        if let Some((offset, bytes, detail)) = s.torn {
+            file.set_len(offset).ctx("truncate torn tail of", &path)?;
+            file.sync_data().ctx("fsync segment", &path)?;
+            report.bytes_truncated += bytes;
+            report.torn_tail = Some(TornTail {
+                path: path.clone(),
+                offset,
+                bytes,
+                detail,
+            });
+        }
+        len = s.end;
+        next_id = s.next_id;
+        entries.extend(s.entries);
+        damage = s.damage;
+    }
+    Ok(Tail {
+        file,
+        len,
+        next_id,
+        entries,
+        damage,
+    })
+}
+
+fn only_zeros(file: &dyn FsFile, len: u64, path: &Path) -> Result<bool> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], pos).ctx("read segment", path)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
+}

@@ -1,0 +1,288 @@
+//! A segment file: a header, then frames in id order.
+//!
+//! ```text
+//! segment file (NNNNNNNNNNNNNNNNNNNN.seg, named by its first id, 20 digits)
+//! offset  size  field
+//! 0       8     magic "MLPDSEG\0"
+//! 8       4     format version, u32 (1)
+//! 12      4     reserved, 0
+//! 16      8     first id, u64 (equals the number in the file name)
+//! 24      4     reserved, 0
+//! 28      4     crc32 of bytes [0, 28)
+//! 32      ...   frames (see `frame`)
+//! ```
+//!
+//! This module also owns the scan that recovery and index rebuilds share:
+//! walk the frames, and on a bad one decide whether it is a torn tail (no
+//! valid frame follows) or interior damage (valid frames follow, which stay
+//! readable).
+
+use std::path::{Path, PathBuf};
+
+use super::frame::{self, Decoded};
+
+/// Segment file magic.
+pub const MAGIC: [u8; 8] = *b"MLPDSEG\0";
+/// Segment format version written by this build.
+pub const VERSION: u32 = 1;
+/// Bytes of the segment header.
+pub const HEADER_LEN: u64 = 32;
+const OFF_CRC: usize = 28;
+const _: () = assert!(OFF_CRC + 4 == HEADER_LEN as usize);
+
+/// Encodes a segment header.
+pub fn encode_header(first_id: u64) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&first_id.to_le_bytes());
+    let crc = crc32fast::hash(&h[..OFF_CRC]);
+    h[OFF_CRC..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Why a segment header is unusable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Fewer bytes than a header.
+    Short,
+    /// Damaged or not a segment.
+    Invalid(String),
+    /// Written by a newer version.
+    Version(u32),
+}
+
+/// Checks a segment header against the first id its name promises.
+pub fn decode_header(bytes: &[u8], first_id: u64) -> Result<(), HeaderError> {
+    if bytes.len() < HEADER_LEN as usize {
+        return Err(HeaderError::Short);
+    }
+    let h = &bytes[..HEADER_LEN as usize];
+    let stored = u32::from_le_bytes(h[OFF_CRC..].try_into().expect("4 bytes"));
+    let computed = crc32fast::hash(&h[..OFF_CRC]);
+    if h[..8] != MAGIC {
+        return Err(HeaderError::Invalid("bad magic: not a millpond segment".into()));
+    }
+    if stored != computed {
+        return Err(HeaderError::Invalid(format!(
+            "header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+        )));
+    }
+    let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+    if version > VERSION {
+        return Err(HeaderError::Version(version));
+    }
+    let id = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    if id != first_id {
+        return Err(HeaderError::Invalid(format!(
+            "header says first id {id}, file name says {first_id}"
+        )));
+    }
+    Ok(())
+}
+
+/// The file name of the segment starting at `first_id`.
+pub fn file_name(first_id: u64) -> String {
+    format!("{first_id:020}.seg")
+}
+
+/// The file name of that segment's index.
+pub fn index_file_name(first_id: u64) -> String {
+    format!("{first_id:020}.idx")
+}
+
+/// Parses a segment file name back into its first id.
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Paths of a segment and its index in `dir`.
+pub fn paths(dir: &Path, first_id: u64) -> (PathBuf, PathBuf) {
+    (dir.join(file_name(first_id)), dir.join(index_file_name(first_id)))
+}
+
+/// A range of bytes that failed their check, with valid frames after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Offset of the first bad byte in the segment file.
+    pub offset: u64,
+    /// Length of the damaged range.
+    pub len: u64,
+    /// What failed.
+    pub detail: String,
+}
+
+/// What a scan of segment bytes found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// End of the last valid frame (where the next frame would go).
+    pub end: u64,
+    /// One past the last valid id seen (or the `next_id` passed in).
+    pub next_id: u64,
+    /// Number of valid frames.
+    pub frames: u64,
+    /// New sparse index entries.
+    pub entries: Vec<(u64, u64)>,
+    /// Interior damage: bad bytes followed by valid frames.
+    pub damage: Vec<Damage>,
+    /// The bad or incomplete bytes at the end, if any: (offset, len, what).
+    pub torn: Option<(u64, u64, String)>,
+}
+
+/// Scans `bytes` (a whole segment file) from `start`, where the next id is
+/// expected to be at least `next_id`. `last_entry_pos` is the position of
+/// the last existing index entry, so new entries keep their spacing.
+pub fn scan(
+    bytes: &[u8],
+    start: u64,
+    next_id: u64,
+    last_entry_pos: Option<u64>,
+    index_interval: u64,
+    payload_len_max: u32,
+) -> Scan {
+    let mut s = Scan {
+        end: start,
+        next_id,
+        ..Scan::default()
+    };
+    let mut last_entry = last_entry_pos;
+    let mut pos = start as usize;
+    while pos < bytes.len() {
+        match frame::decode(&bytes[pos..], payload_len_max) {
+            Decoded::Frame(f) if f.id >= s.next_id => {
+                if last_entry.is_none_or(|p| pos as u64 >= p + index_interval) {
+                    s.entries.push((f.id, pos as u64));
+                    last_entry = Some(pos as u64);
+                }
+                s.next_id = f.id + 1;
+                s.frames += 1;
+                pos += f.len;
+                s.end = pos as u64;
+            }
+            other => {
+                let detail = match other {
+                    Decoded::Frame(f) => {
+                        format!("frame id {} does not follow id {}", f.id, s.next_id - 1)
+                    }
+                    Decoded::Incomplete => "incomplete frame".to_string(),
+                    Decoded::Bad(b) => b.to_string(),
+                };
+                match resync(bytes, pos + 1, s.next_id, payload_len_max) {
+                    Some(next) => {
+                        s.damage.push(Damage {
+                            offset: pos as u64,
+                            len: (next - pos) as u64,
+                            detail,
+                        });
+                        pos = next;
+                    }
+                    None => {
+                        s.torn = Some((pos as u64, (bytes.len() - pos) as u64, detail));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    s
+}
+
+/// Finds the first offset at or after `from` where a valid frame with an id
+/// of at least `next_id` starts.
+pub fn resync(bytes: &[u8], from: usize, next_id: u64, payload_len_max: u32) -> Option<usize> {
+    // An id more than this far ahead is taken as noise, not a frame.
+    const ID_SKEW_MAX: u64 = 1 << 40;
+    (from..bytes.len().saturating_sub(frame::HEADER_LEN - 1)).find(|&p| {
+        let Some(id) = frame::peek_id(&bytes[p..]) else {
+            return false;
+        };
+        id >= next_id
+            && id - next_id < ID_SKEW_MAX
+            && matches!(frame::decode(&bytes[p..], payload_len_max), Decoded::Frame(_))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::frame::{Attrs, encode};
+
+    fn segment(first: u64, n: u64) -> Vec<u8> {
+        let mut b = encode_header(first).to_vec();
+        for id in first..first + n {
+            encode(&mut b, id, 0, &Attrs::default(), &[id as u8; 40]);
+        }
+        b
+    }
+
+    #[test]
+    fn header_round_trip_and_errors() {
+        let h = encode_header(42);
+        assert_eq!(decode_header(&h, 42), Ok(()));
+        assert!(matches!(decode_header(&h, 43), Err(HeaderError::Invalid(_))));
+        assert_eq!(decode_header(&h[..10], 42), Err(HeaderError::Short));
+        let mut newer = h;
+        newer[8] = 9;
+        let crc = crc32fast::hash(&newer[..28]);
+        newer[28..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_header(&newer, 42), Err(HeaderError::Version(9)));
+    }
+
+    #[test]
+    fn file_names_round_trip() {
+        assert_eq!(file_name(1234), "00000000000000001234.seg");
+        assert_eq!(parse_file_name(&file_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_file_name("1234.seg"), None);
+        assert_eq!(parse_file_name("00000000000000001234.idx"), None);
+    }
+
+    #[test]
+    fn scan_finds_torn_tail() {
+        let mut b = segment(5, 10);
+        let full = b.len();
+        b.truncate(full - 7);
+        let s = scan(&b, HEADER_LEN, 5, None, 100, 1000);
+        assert_eq!(s.frames, 9);
+        assert_eq!(s.next_id, 14);
+        let (off, len, _) = s.torn.expect("torn tail");
+        assert_eq!(off, s.end);
+        assert_eq!(off + len, b.len() as u64);
+        assert!(s.damage.is_empty());
+    }
+
+    #[test]
+    fn scan_skips_interior_damage_and_keeps_later_frames() {
+        let mut b = segment(1, 10);
+        let frame_len = 28 + 40;
+        // Damage the payload of the third frame.
+        b[HEADER_LEN as usize + 2 * frame_len + 30] ^= 0xff;
+        let s = scan(&b, HEADER_LEN, 1, None, 1, 1000);
+        assert_eq!(s.frames, 9);
+        assert_eq!(s.next_id, 11);
+        assert_eq!(s.torn, None);
+        assert_eq!(
+            s.damage,
+            vec![Damage {
+                offset: HEADER_LEN + 2 * frame_len as u64,
+                len: frame_len as u64,
+                detail: s.damage[0].detail.clone(),
+            }]
+        );
+        assert!(s.damage[0].detail.contains("checksum"));
+        assert_eq!(s.entries.len(), 9);
+    }
+
+    #[test]
+    fn zero_filled_tail_is_torn() {
+        let mut b = segment(1, 3);
+        let end = b.len() as u64;
+        b.extend_from_slice(&[0; 1024]);
+        let s = scan(&b, HEADER_LEN, 1, None, 4096, 1000);
+        assert_eq!(s.end, end);
+        assert_eq!(s.torn.map(|t| (t.0, t.1)), Some((end, 1024)));
+    }
+}

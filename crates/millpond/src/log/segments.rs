@@ -1,0 +1,387 @@
+//! Segment files at run time: the handle each segment has in memory, its
+//! lazily loaded sparse index, and the cursor that reads frames from it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use super::frame::{self, Attrs, Decoded};
+use super::index::{self, IndexError, IndexMeta, SparseIndex};
+use super::segment::{self, Damage, HeaderError};
+use crate::error::{Error, IoContext, Result};
+use crate::fs::{Fs, FsFile, Mapped, OpenMode};
+
+/// One segment file, sealed or active.
+#[derive(Debug)]
+pub(crate) struct SegmentFile {
+    pub first_id: u64,
+    pub path: PathBuf,
+    pub index_path: PathBuf,
+    file: OnceLock<Arc<dyn FsFile>>,
+    inner: RwLock<SegInner>,
+}
+
+#[derive(Debug)]
+struct SegInner {
+    /// Sealed segments are never written again and may be mapped.
+    sealed: bool,
+    /// Whether header, index and length are known (always for the active
+    /// segment; on first read for sealed ones).
+    loaded: bool,
+    /// Readable bytes, header included.
+    len: u64,
+    /// One past the last id in the readable bytes.
+    next_id: u64,
+    index: SparseIndex,
+    map: Option<Arc<Mapped>>,
+    damage: Vec<Damage>,
+}
+
+/// A message as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFrame {
+    /// The id.
+    pub id: u64,
+    /// Push time, unix milliseconds.
+    pub timestamp_ms: u64,
+    /// Priority and not-before time.
+    pub attrs: Attrs,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Offset of the frame in its segment file.
+    pub offset: u64,
+    /// Encoded length of the frame.
+    pub frame_len: u32,
+}
+
+impl SegmentFile {
+    /// A sealed segment whose file is opened on first read.
+    pub fn sealed(dir: &Path, first_id: u64) -> SegmentFile {
+        let (path, index_path) = segment::paths(dir, first_id);
+        SegmentFile {
+            first_id,
+            path,
+            index_path,
+            file: OnceLock::new(),
+            inner: RwLock::new(SegInner {
+                sealed: true,
+                loaded: false,
+                len: 0,
+                next_id: first_id,
+                index: SparseIndex::Owned(Vec::new()),
+                map: None,
+                damage: Vec::new(),
+            }),
+        }
+    }
+
+    /// The active segment, recovered or just created.
+    pub fn active(
+        dir: &Path,
+        first_id: u64,
+        file: Arc<dyn FsFile>,
+        len: u64,
+        next_id: u64,
+        entries: Vec<(u64, u64)>,
+        damage: Vec<Damage>,
+    ) -> SegmentFile {
+        let (path, index_path) = segment::paths(dir, first_id);
+        let cell = OnceLock::new();
+        cell.set(file).expect("fresh cell");
+        SegmentFile {
+            first_id,
+            path,
+            index_path,
+            file: cell,
+            inner: RwLock::new(SegInner {
+                sealed: false,
+                loaded: true,
+                len,
+                next_id,
+                index: SparseIndex::Owned(entries),
+                map: None,
+                damage,
+            }),
+        }
+    }
+
+    pub fn file(&self) -> Option<&Arc<dyn FsFile>> {
+        self.file.get()
+    }
+
+    /// Records bytes the writer has handed to the OS.
+    pub fn advance(&self, len: u64, next_id: u64, entries: &[(u64, u64)]) {
+        let mut inner = self.inner.write().expect("segment lock");
+        debug_assert!(len >= inner.len && next_id >= inner.next_id);
+        inner.len = len;
+        inner.next_id = next_id;
+        if let SparseIndex::Owned(v) = &mut inner.index {
+            v.extend_from_slice(entries);
+        }
+    }
+
+    /// The index file bytes describing the segment as it is now.
+    pub fn encode_index(&self) -> Vec<u8> {
+        let inner = self.inner.read().expect("segment lock");
+        let meta = IndexMeta {
+            first_id: self.first_id,
+            covered_bytes: inner.len,
+            next_id: inner.next_id,
+        };
+        index::encode(&meta, &inner.index.to_vec())
+    }
+
+    /// Marks the segment sealed: from now on it may be mapped.
+    pub fn seal(&self) {
+        self.inner.write().expect("segment lock").sealed = true;
+    }
+
+    /// Readable length and next id (loading a sealed segment if needed).
+    pub fn extent(&self, fs: &dyn Fs, payload_len_max: u32, interval: u64) -> Result<(u64, u64)> {
+        self.load(fs, payload_len_max, interval)?;
+        let inner = self.inner.read().expect("segment lock");
+        Ok((inner.len, inner.next_id))
+    }
+
+    /// Damage found when this segment was scanned.
+    pub fn damage(&self) -> Vec<Damage> {
+        self.inner.read().expect("segment lock").damage.clone()
+    }
+
+    /// Loads a sealed segment's header and index, rebuilding the index from
+    /// the segment when its file is missing or does not match.
+    fn load(&self, fs: &dyn Fs, payload_len_max: u32, interval: u64) -> Result<()> {
+        if self.inner.read().expect("segment lock").loaded {
+            return Ok(());
+        }
+        let mut inner = self.inner.write().expect("segment lock");
+        if inner.loaded {
+            return Ok(());
+        }
+        let file = match self.file.get() {
+            Some(f) => f.clone(),
+            None => {
+                let f = fs.open(&self.path, OpenMode::Read).ctx("open segment", &self.path)?;
+                self.file.get_or_init(|| f).clone()
+            }
+        };
+        let map = Arc::new(file.map().ctx("map segment", &self.path)?);
+        check_header(&self.path, &map, self.first_id)?;
+        let len = map.len() as u64;
+        let from_file = match fs.open(&self.index_path, OpenMode::Read) {
+            Ok(f) => {
+                let bytes = f.map().ctx("map index", &self.index_path)?;
+                match index::decode(&bytes) {
+                    Ok(meta) if meta.first_id == self.first_id && meta.covered_bytes == len => {
+                        Some((meta, SparseIndex::Mapped(Arc::new(bytes))))
+                    }
+                    Ok(_) | Err(IndexError::Invalid(_)) => None,
+                    Err(IndexError::Version(found)) => {
+                        return Err(Error::UnsupportedVersion {
+                            path: self.index_path.clone(),
+                            found,
+                            supported: index::VERSION,
+                        });
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("open index", &self.index_path, e)),
+        };
+        let (next_id, idx, damage) = match from_file {
+            Some((meta, idx)) => (meta.next_id, idx, Vec::new()),
+            None => {
+                let s = segment::scan(
+                    &map,
+                    segment::HEADER_LEN,
+                    self.first_id,
+                    None,
+                    interval,
+                    payload_len_max,
+                );
+                let mut damage = s.damage;
+                if let Some((offset, len, detail)) = s.torn {
+                    // A sealed segment was fsynced whole: a bad tail here is
+                    // damage, not a torn write.
+                    damage.push(Damage {
+                        offset,
+                        len,
+                        detail,
+                    });
+                }
+                let meta = IndexMeta {
+                    first_id: self.first_id,
+                    covered_bytes: len,
+                    next_id: s.next_id,
+                };
+                // The index is derived data: failing to save it costs a
+                // rescan next time, nothing more.
+                let _ = crate::fs::write_atomic(fs, &self.index_path, &index::encode(&meta, &s.entries));
+                (s.next_id, SparseIndex::Owned(s.entries), damage)
+            }
+        };
+        inner.len = len;
+        inner.next_id = next_id;
+        inner.index = idx;
+        inner.map = Some(map);
+        inner.damage = damage;
+        inner.loaded = true;
+        Ok(())
+    }
+
+    /// A cursor positioned at or before `id` (by the sparse index).
+    pub fn cursor(self: &Arc<Self>, fs: &dyn Fs, id: u64, payload_len_max: u32, interval: u64) -> Result<Cursor> {
+        self.load(fs, payload_len_max, interval)?;
+        let inner = self.inner.read().expect("segment lock");
+        let pos = inner.index.floor(id).map_or(segment::HEADER_LEN, |(_, pos)| pos);
+        Ok(Cursor {
+            seg: self.clone(),
+            pos,
+            min_id: self.first_id,
+            buf: Vec::new(),
+            buf_start: 0,
+            payload_len_max,
+        })
+    }
+}
+
+/// Checks a segment header, mapping failures to the engine's errors.
+pub(crate) fn check_header(path: &Path, bytes: &[u8], first_id: u64) -> Result<()> {
+    match segment::decode_header(bytes, first_id) {
+        Ok(()) => Ok(()),
+        Err(HeaderError::Version(found)) => Err(Error::UnsupportedVersion {
+            path: path.to_owned(),
+            found,
+            supported: segment::VERSION,
+        }),
+        Err(HeaderError::Short) => Err(Error::corruption(path, 0, "segment shorter than its header")),
+        Err(HeaderError::Invalid(detail)) => Err(Error::corruption(path, 0, detail)),
+    }
+}
+
+/// Reads frames of one segment in order.
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    pub seg: Arc<SegmentFile>,
+    pos: u64,
+    /// Frames with smaller ids are noise (used by resync).
+    min_id: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+    payload_len_max: u32,
+}
+
+const READ_CHUNK: usize = 256 << 10;
+
+impl Cursor {
+    /// The next frame, `Ok(None)` at the end of the readable bytes, or a
+    /// corruption error for bad bytes (the cursor then moves past them, so
+    /// the next call returns the valid frames after the damage).
+    pub fn next_frame(&mut self) -> Result<Option<StoredFrame>> {
+        let (len, map) = {
+            let inner = self.seg.inner.read().expect("segment lock");
+            (inner.len, if inner.sealed { inner.map.clone() } else { None })
+        };
+        if self.pos >= len {
+            return Ok(None);
+        }
+        let pos = self.pos;
+        let decoded = match &map {
+            Some(m) => Self::decode_owned(&m[pos as usize..len as usize], pos, self.payload_len_max),
+            None => {
+                self.fill(pos, len, frame::HEADER_LEN)?;
+                let mut d = self.decode_buf(pos);
+                if let Err(Needed(n)) = d {
+                    self.fill(pos, len, n)?;
+                    d = self.decode_buf(pos);
+                }
+                d.unwrap_or(Err(Decoded2::Incomplete))
+            }
+        };
+        match decoded {
+            Ok(f) if f.id >= self.min_id => {
+                self.pos = pos + u64::from(f.frame_len);
+                self.min_id = f.id + 1;
+                Ok(Some(f))
+            }
+            other => {
+                let detail = match other {
+                    Ok(f) => format!("frame id {} is not above {}", f.id, self.min_id - 1),
+                    Err(Decoded2::Incomplete) => "frame runs past the end of the written data".into(),
+                    Err(Decoded2::Bad(b)) => b,
+                };
+                // Find where valid frames resume.
+                let rest: Vec<u8>;
+                let bytes: &[u8] = match &map {
+                    Some(m) => &m[..len as usize],
+                    None => {
+                        let mut v = vec![0u8; (len - pos) as usize];
+                        let file = self.seg.file().expect("active segment is open");
+                        file.read_exact_at(&mut v, pos).ctx("read segment", &self.seg.path)?;
+                        rest = v;
+                        &rest
+                    }
+                };
+                let base = if map.is_some() { 0 } else { pos };
+                let from = (pos - base) as usize + 1;
+                self.pos = match segment::resync(bytes, from, self.min_id, self.payload_len_max) {
+                    Some(p) => base + p as u64,
+                    None => len,
+                };
+                self.buf.clear();
+                Err(Error::corruption(&self.seg.path, pos, detail))
+            }
+        }
+    }
+
+    fn fill(&mut self, pos: u64, len: u64, need: usize) -> Result<()> {
+        let have_end = self.buf_start + self.buf.len() as u64;
+        if pos >= self.buf_start && pos + need as u64 <= have_end {
+            return Ok(());
+        }
+        let want = (len - pos).min(need.max(READ_CHUNK) as u64) as usize;
+        self.buf.resize(want, 0);
+        let file = self.seg.file().expect("active segment is open");
+        file.read_exact_at(&mut self.buf, pos).ctx("read segment", &self.seg.path)?;
+        self.buf_start = pos;
+        Ok(())
+    }
+
+    #[expect(clippy::type_complexity, reason = "private helper")]
+    fn decode_buf(&self, pos: u64) -> Result<Result<StoredFrame, Decoded2>, Needed> {
+        let start = (pos - self.buf_start) as usize;
+        let bytes = &self.buf[start..];
+        match frame::decode(bytes, self.payload_len_max) {
+            Decoded::Incomplete if bytes.len() >= frame::HEADER_LEN => {
+                // The header says how much is needed; fetch it all.
+                let need = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize + frame::HEADER_LEN + 12;
+                if need > bytes.len() {
+                    return Err(Needed(need));
+                }
+                Ok(Err(Decoded2::Incomplete))
+            }
+            _ => Ok(Self::decode_owned(bytes, pos, self.payload_len_max)),
+        }
+    }
+
+    fn decode_owned(bytes: &[u8], pos: u64, max: u32) -> Result<StoredFrame, Decoded2> {
+        match frame::decode(bytes, max) {
+            Decoded::Frame(f) => Ok(StoredFrame {
+                id: f.id,
+                timestamp_ms: f.timestamp_ms,
+                attrs: f.attrs,
+                payload: f.payload.to_vec(),
+                offset: pos,
+                frame_len: u32::try_from(f.len).expect("frame length fits u32"),
+            }),
+            Decoded::Incomplete => Err(Decoded2::Incomplete),
+            Decoded::Bad(b) => Err(Decoded2::Bad(b.to_string())),
+        }
+    }
+}
+
+struct Needed(usize);
+
+enum Decoded2 {
+    Incomplete,
+    Bad(String),
+}

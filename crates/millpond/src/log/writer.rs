@@ -1,0 +1,387 @@
+//! The write path: frames are encoded into a shared buffer under a short
+//! lock; one thread at a time (the leader of a flush round) writes
+//! everything buffered with one `write` per segment and, when asked, one
+//! `fdatasync`. Threads that pushed while a round ran are carried by the
+//! next round: group commit.
+
+use std::sync::{Arc, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::frame::{self, Attrs};
+use super::segment;
+use super::segments::SegmentFile;
+use super::Log;
+use crate::error::{Error, IoContext, Result};
+use crate::fs::OpenMode;
+use crate::options::Durability;
+
+/// Shared state of the writer, behind `Log::state`.
+#[derive(Debug)]
+pub(crate) struct WriterState {
+    /// The id the next pushed frame gets.
+    pub next_id: u64,
+    /// Encoded frames not yet handed to the OS, in id order.
+    chunks: Vec<Chunk>,
+    pending_bytes: usize,
+    /// Segment the next frame goes to, and its length after pending frames.
+    tail_first_id: u64,
+    tail_len: u64,
+    tail_last_entry: Option<u64>,
+    /// Ids below this were handed to the OS.
+    pub written_next_id: u64,
+    /// Ids below this are durable.
+    pub durable_next_id: u64,
+    /// A flush round is running.
+    flushing: bool,
+    /// Set by the first failed write or fsync; every later write fails.
+    pub poisoned: Option<Arc<str>>,
+    pub closed: bool,
+}
+
+/// Frames for one segment, gathered between two flush rounds.
+#[derive(Debug)]
+struct Chunk {
+    segment_first_id: u64,
+    /// The segment must be created (and the previous one sealed) first.
+    new_segment: bool,
+    start_pos: u64,
+    bytes: Vec<u8>,
+    entries: Vec<(u64, u64)>,
+    end_id: u64,
+}
+
+/// What only the flush leader touches.
+#[derive(Debug)]
+pub(crate) struct WriterIo {
+    pub active: Arc<SegmentFile>,
+}
+
+impl WriterState {
+    pub fn new(next_id: u64, tail: &SegmentFile, tail_len: u64, tail_last_entry: Option<u64>) -> WriterState {
+        WriterState {
+            next_id,
+            chunks: Vec::new(),
+            pending_bytes: 0,
+            tail_first_id: tail.first_id,
+            tail_len,
+            tail_last_entry,
+            written_next_id: next_id,
+            durable_next_id: next_id,
+            flushing: false,
+            poisoned: None,
+            closed: false,
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether a flush round must also fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    Written,
+    Durable,
+}
+
+impl Log {
+    /// Appends messages; returns the id of the first. All of them are
+    /// committed together (one write, one fsync under `Sync`).
+    pub fn append(&self, payloads: &[(&[u8], Attrs)]) -> Result<u64> {
+        for (p, _) in payloads {
+            if p.len() > self.opts.message_bytes_max as usize {
+                return Err(Error::MessageTooLarge {
+                    size: p.len(),
+                    max: self.opts.message_bytes_max,
+                });
+            }
+        }
+        let ts = now_ms();
+        let mut st = self.state.lock().expect("writer lock");
+        self.check_writable(&st)?;
+        let first = st.next_id;
+        for (payload, attrs) in payloads {
+            self.encode_locked(&mut st, payload, attrs, ts);
+        }
+        let last = st.next_id - 1;
+        match self.opts.durability {
+            Durability::Sync => {
+                self.wait_for(st, last, Goal::Durable)?;
+            }
+            Durability::Interval(_) => {
+                self.wait_for(st, last, Goal::Written)?;
+            }
+            Durability::Buffered => {
+                if st.pending_bytes >= self.opts.write_buffer_bytes {
+                    if st.flushing && st.pending_bytes < 4 * self.opts.write_buffer_bytes {
+                        return Ok(first);
+                    }
+                    // Write what is buffered, or wait for the running round
+                    // when the buffer has grown past its bound.
+                    self.wait_for(st, last, Goal::Written)?;
+                }
+            }
+        }
+        Ok(first)
+    }
+
+    fn check_writable(&self, st: &WriterState) -> Result<()> {
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        if let Some(cause) = &st.poisoned {
+            return Err(self.poisoned_error(cause));
+        }
+        Ok(())
+    }
+
+    fn encode_locked(&self, st: &mut WriterState, payload: &[u8], attrs: &Attrs, ts: u64) {
+        let len = frame::frame_len(payload.len(), attrs) as u64;
+        let has_frames = st.tail_len > segment::HEADER_LEN;
+        let roll = has_frames && st.tail_len + len > self.opts.segment_bytes_max;
+        if roll {
+            st.tail_first_id = st.next_id;
+            st.tail_len = segment::HEADER_LEN;
+            st.tail_last_entry = None;
+        }
+        let tail_first_id = st.tail_first_id;
+        let start_pos = st.tail_len;
+        if roll || st.chunks.last().is_none_or(|c| c.segment_first_id != tail_first_id) {
+            st.chunks.push(Chunk {
+                segment_first_id: tail_first_id,
+                new_segment: roll,
+                start_pos,
+                bytes: Vec::with_capacity(if roll { 0 } else { 4096 }),
+                entries: Vec::new(),
+                end_id: st.next_id,
+            });
+        }
+        let id = st.next_id;
+        let pos = st.tail_len;
+        if st.tail_last_entry.is_none_or(|p| pos >= p + self.opts.index_interval) {
+            st.tail_last_entry = Some(pos);
+            st.chunks.last_mut().expect("pushed above").entries.push((id, pos));
+        }
+        let chunk = st.chunks.last_mut().expect("pushed above");
+        frame::encode(&mut chunk.bytes, id, ts, attrs, payload);
+        chunk.end_id = id + 1;
+        st.next_id = id + 1;
+        st.tail_len += len;
+        st.pending_bytes += len as usize;
+    }
+
+    /// Waits until `id` is written (or durable), leading flush rounds when
+    /// no other thread is.
+    fn wait_for<'a>(&'a self, mut st: MutexGuard<'a, WriterState>, id: u64, goal: Goal) -> Result<()> {
+        loop {
+            let done = match goal {
+                Goal::Written => st.written_next_id > id,
+                Goal::Durable => st.durable_next_id > id,
+            };
+            if done {
+                return Ok(());
+            }
+            if let Some(cause) = &st.poisoned {
+                return Err(self.poisoned_error(cause));
+            }
+            if st.flushing {
+                st = self.flushed.wait(st).expect("writer lock");
+                continue;
+            }
+            let (guard, result) = self.flush_round(st, goal);
+            st = guard;
+            result?;
+        }
+    }
+
+    /// Runs one flush round as leader: takes every buffered chunk, writes
+    /// it, fsyncs if the goal says so, then publishes the new marks.
+    fn flush_round<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, WriterState>,
+        goal: Goal,
+    ) -> (MutexGuard<'a, WriterState>, Result<()>) {
+        debug_assert!(!st.flushing);
+        st.flushing = true;
+        let chunks = std::mem::take(&mut st.chunks);
+        st.pending_bytes = 0;
+        let target = st.next_id;
+        let sync = goal == Goal::Durable && st.durable_next_id < target;
+        drop(st);
+        let result = self.write_chunks(chunks, sync);
+        let mut st = self.state.lock().expect("writer lock");
+        st.flushing = false;
+        match &result {
+            Ok(()) => {
+                st.written_next_id = target;
+                if sync {
+                    st.durable_next_id = target;
+                }
+            }
+            Err(e) => {
+                if st.poisoned.is_none() {
+                    st.poisoned = Some(Arc::from(e.to_string()));
+                }
+            }
+        }
+        self.flushed.notify_all();
+        (st, result)
+    }
+
+    fn write_chunks(&self, chunks: Vec<Chunk>, sync: bool) -> Result<()> {
+        let mut io = self.io.lock().expect("io lock");
+        for chunk in chunks {
+            if chunk.new_segment {
+                self.roll(&mut io, chunk.segment_first_id)?;
+            }
+            let seg = &io.active;
+            debug_assert_eq!(seg.first_id, chunk.segment_first_id);
+            let file = seg.file().expect("active segment is open");
+            file.write_all_at(&chunk.bytes, chunk.start_pos)
+                .ctx("write segment", &seg.path)?;
+            seg.advance(chunk.start_pos + chunk.bytes.len() as u64, chunk.end_id, &chunk.entries);
+        }
+        if sync {
+            let seg = &io.active;
+            seg.file()
+                .expect("active segment is open")
+                .sync_data()
+                .ctx("fsync segment", &seg.path)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (fsync, index file) and creates the next,
+    /// durably: header written and fsynced, directory fsynced.
+    fn roll(&self, io: &mut WriterIo, first_id: u64) -> Result<()> {
+        self.seal(&io.active)?;
+        let (path, _) = segment::paths(&self.dir, first_id);
+        let file = self.fs.open(&path, OpenMode::CreateNew).ctx("create segment", &path)?;
+        file.write_all_at(&segment::encode_header(first_id), 0)
+            .ctx("write segment header", &path)?;
+        file.sync_data().ctx("fsync segment", &path)?;
+        self.fs.sync_dir(&self.dir).ctx("fsync directory", &self.dir)?;
+        let seg = Arc::new(SegmentFile::active(
+            &self.dir,
+            first_id,
+            file,
+            segment::HEADER_LEN,
+            first_id,
+            Vec::new(),
+            Vec::new(),
+        ));
+        self.segments
+            .write()
+            .expect("segments lock")
+            .insert(first_id, seg.clone());
+        io.active = seg;
+        Ok(())
+    }
+
+    /// Makes a segment durable and writes its index file.
+    fn seal(&self, seg: &SegmentFile) -> Result<()> {
+        seg.file()
+            .expect("active segment is open")
+            .sync_data()
+            .ctx("fsync segment", &seg.path)?;
+        self.write_index(seg)?;
+        seg.seal();
+        Ok(())
+    }
+
+    /// Writes the index file of a segment whose bytes are durable.
+    pub(crate) fn write_index(&self, seg: &SegmentFile) -> Result<()> {
+        crate::fs::write_atomic(&*self.fs, &seg.index_path, &seg.encode_index())
+            .ctx("write index", &seg.index_path)
+    }
+
+    /// Writes and fsyncs everything pushed so far.
+    pub fn flush(&self) -> Result<()> {
+        let st = self.state.lock().expect("writer lock");
+        if let Some(cause) = &st.poisoned {
+            return Err(self.poisoned_error(cause));
+        }
+        if st.durable_next_id >= st.next_id {
+            return Ok(());
+        }
+        let last = st.next_id - 1;
+        self.wait_for(st, last, Goal::Durable)
+    }
+
+    /// One past the last id readers may see: durable ids under `Sync`,
+    /// written ids otherwise. Under `Buffered`, buffered frames are written
+    /// first so that a reader sees every returned push.
+    pub fn visible_next_id(&self) -> Result<u64> {
+        let st = self.state.lock().expect("writer lock");
+        match self.opts.durability {
+            Durability::Sync => Ok(st.durable_next_id),
+            Durability::Interval(_) => Ok(st.written_next_id),
+            Durability::Buffered => {
+                if st.written_next_id >= st.next_id || st.poisoned.is_some() {
+                    return Ok(st.written_next_id);
+                }
+                let last = st.next_id - 1;
+                self.wait_for(st, last, Goal::Written)?;
+                Ok(last + 1)
+            }
+        }
+    }
+
+    /// The id the next push gets.
+    pub fn next_id(&self) -> u64 {
+        self.state.lock().expect("writer lock").next_id
+    }
+
+    /// Flushes, fsyncs and writes the active segment's index so the next
+    /// open needs no scan. Later writes fail with [`Error::Closed`].
+    pub fn close(&self) -> Result<()> {
+        let flushed = self.flush();
+        let mut st = self.state.lock().expect("writer lock");
+        let was_closed = std::mem::replace(&mut st.closed, true);
+        let poisoned = st.poisoned.is_some();
+        drop(st);
+        self.timer_wake.notify_all();
+        if was_closed || poisoned {
+            return flushed;
+        }
+        flushed?;
+        let io = self.io.lock().expect("io lock");
+        self.write_index(&io.active)
+    }
+
+    /// The body of the `Interval` timer thread: fsync at least every
+    /// `interval`, until the log closes.
+    pub(crate) fn run_timer(self: Arc<Self>) {
+        let Some(interval) = self.interval() else {
+            return;
+        };
+        let mut st = self.state.lock().expect("writer lock");
+        loop {
+            let (guard, _) = self.timer_wake.wait_timeout(st, interval).expect("writer lock");
+            st = guard;
+            if st.closed || st.poisoned.is_some() {
+                return;
+            }
+            if st.durable_next_id < st.next_id {
+                let last = st.next_id - 1;
+                drop(st);
+                // A failure poisons the log; pushes report it.
+                let _ = self.wait_for(self.state.lock().expect("writer lock"), last, Goal::Durable);
+                st = self.state.lock().expect("writer lock");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn now_is_after_2020() {
+        assert!(now_ms() > 1_577_836_800_000);
+    }
+}

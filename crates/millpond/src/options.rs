@@ -1,0 +1,195 @@
+//! Store options: durability, recovery policy and limits.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::fs::{Fs, RealFs};
+
+/// When a push (and later an ack) counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `push` returns only after the message and everything it depends on
+    /// are on disk (`fdatasync`, plus a directory fsync when a segment file
+    /// was created). Concurrent pushes from any number of threads share one
+    /// write and one fsync (group commit). Loss window: none.
+    #[default]
+    Sync,
+    /// `push` returns once the message reached the operating system (a
+    /// `write` to the segment file, shared by concurrent pushes). A timer
+    /// thread fsyncs at least this often, even when no new write arrives.
+    /// Loss window: a power cut (not a process crash) loses at most the
+    /// pushes of the last interval.
+    Interval(Duration),
+    /// Messages are gathered in user space and written in large chunks;
+    /// fsync happens on [`Queue::flush`](crate::Queue::flush), when a
+    /// segment is sealed, and on clean close. Loss window: a process crash
+    /// loses what was not yet written (at most `write_buffer_bytes`); a power
+    /// cut loses everything since the last flush.
+    Buffered,
+}
+
+/// What recovery does when it finds a damaged record in the interior of a
+/// segment (a record that fails its check, followed by valid records).
+///
+/// A torn tail, the last, partial record of the newest segment, is always
+/// truncated and reported: it is the expected result of a crash during a
+/// write, and no push of it ever returned under [`Durability::Sync`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Refuse to open the queue; the error names the file and offset.
+    #[default]
+    Fail,
+    /// Open, keep the damaged bytes where they are, skip them when reading,
+    /// and list them in the [`RecoveryReport`](crate::RecoveryReport).
+    Skip,
+}
+
+/// Options for [`Store::open`](crate::Store::open), a builder.
+///
+/// ```
+/// use millpond::{Durability, Options};
+/// use std::time::Duration;
+///
+/// let options = Options::default()
+///     .durability(Durability::Interval(Duration::from_millis(50)))
+///     .segment_bytes_max(16 << 20);
+/// assert_eq!(options.segment_bytes_max_get(), 16 << 20);
+/// ```
+#[derive(Clone)]
+pub struct Options {
+    pub(crate) durability: Durability,
+    pub(crate) recovery_mode: RecoveryMode,
+    pub(crate) segment_bytes_max: u64,
+    pub(crate) message_bytes_max: u32,
+    pub(crate) index_interval_bytes: u32,
+    pub(crate) write_buffer_bytes: usize,
+    pub(crate) fs: Arc<dyn Fs>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            durability: Durability::Sync,
+            recovery_mode: RecoveryMode::Fail,
+            segment_bytes_max: 64 << 20,
+            message_bytes_max: 16 << 20,
+            index_interval_bytes: 4096,
+            write_buffer_bytes: 1 << 20,
+            fs: Arc::new(RealFs),
+        }
+    }
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("durability", &self.durability)
+            .field("recovery_mode", &self.recovery_mode)
+            .field("segment_bytes_max", &self.segment_bytes_max)
+            .field("message_bytes_max", &self.message_bytes_max)
+            .field("index_interval_bytes", &self.index_interval_bytes)
+            .field("write_buffer_bytes", &self.write_buffer_bytes)
+            .field("fs", &self.fs)
+            .finish()
+    }
+}
+
+impl Options {
+    /// Durability of pushes. Default: [`Durability::Sync`].
+    pub fn durability(mut self, durability: Durability) -> Options {
+        self.durability = durability;
+        self
+    }
+
+    /// What recovery does with interior corruption. Default:
+    /// [`RecoveryMode::Fail`].
+    pub fn recovery_mode(mut self, mode: RecoveryMode) -> Options {
+        self.recovery_mode = mode;
+        self
+    }
+
+    /// Size at which a segment file is sealed and a new one started.
+    /// Default: 64 MiB. Range: 4 KiB to 1 GiB.
+    pub fn segment_bytes_max(mut self, bytes: u64) -> Options {
+        self.segment_bytes_max = bytes;
+        self
+    }
+
+    /// Largest accepted payload. Default: 16 MiB. Range: 1 byte to 256 MiB.
+    /// A message larger than `segment_bytes_max` gets a segment of its own.
+    pub fn message_bytes_max(mut self, bytes: u32) -> Options {
+        self.message_bytes_max = bytes;
+        self
+    }
+
+    /// Distance in bytes between two entries of a segment's sparse index:
+    /// a read by id scans at most about this many bytes after an index
+    /// lookup. Default: 4 KiB. Range: 64 bytes to 16 MiB.
+    pub fn index_interval_bytes(mut self, bytes: u32) -> Options {
+        self.index_interval_bytes = bytes;
+        self
+    }
+
+    /// Under [`Durability::Buffered`], how many bytes of frames are gathered
+    /// in user space before they are written to the segment file. Default:
+    /// 1 MiB. Range: 4 KiB to 256 MiB.
+    pub fn write_buffer_bytes(mut self, bytes: usize) -> Options {
+        self.write_buffer_bytes = bytes;
+        self
+    }
+
+    /// The file system to use. Default: [`RealFs`]. Tests pass a
+    /// [`MemFs`](crate::fs::MemFs) or a [`SimFs`](crate::fs::SimFs).
+    pub fn fs(mut self, fs: Arc<dyn Fs>) -> Options {
+        self.fs = fs;
+        self
+    }
+
+    /// The configured segment size limit.
+    pub fn segment_bytes_max_get(&self) -> u64 {
+        self.segment_bytes_max
+    }
+
+    /// The configured durability.
+    pub fn durability_get(&self) -> Durability {
+        self.durability
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        fn bad(option: &'static str, reason: String) -> Result<()> {
+            Err(Error::InvalidOption { option, reason })
+        }
+        if !(4096..=1 << 30).contains(&self.segment_bytes_max) {
+            return bad(
+                "segment_bytes_max",
+                format!("{} is outside 4 KiB..=1 GiB", self.segment_bytes_max),
+            );
+        }
+        if self.message_bytes_max == 0 || self.message_bytes_max > 256 << 20 {
+            return bad(
+                "message_bytes_max",
+                format!("{} is outside 1..=256 MiB", self.message_bytes_max),
+            );
+        }
+        if !(64..=16 << 20).contains(&self.index_interval_bytes) {
+            return bad(
+                "index_interval_bytes",
+                format!("{} is outside 64..=16 MiB", self.index_interval_bytes),
+            );
+        }
+        if !(4096..=256 << 20).contains(&self.write_buffer_bytes) {
+            return bad(
+                "write_buffer_bytes",
+                format!("{} is outside 4 KiB..=256 MiB", self.write_buffer_bytes),
+            );
+        }
+        if let Durability::Interval(d) = self.durability
+            && d.is_zero()
+        {
+            return bad("durability", "Interval(0) would spin; use Sync".into());
+        }
+        Ok(())
+    }
+}
