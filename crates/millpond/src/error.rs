@@ -116,7 +116,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn corruption(path: impl Into<PathBuf>, offset: u64, detail: impl Into<String>) -> Error {
+    pub(crate) fn corruption(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        detail: impl Into<String>,
+    ) -> Error {
         Error::Corruption {
             path: path.into(),
             offset,

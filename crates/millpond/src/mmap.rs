@@ -13,7 +13,10 @@ use crate::fs::Mapped;
 /// store closed). If another process truncated the file underneath the map
 /// anyway, reading the vanished pages would raise `SIGBUS`; the store lock
 /// exists to rule that out.
-#[expect(unsafe_code, reason = "memmap2 cannot map a file safely: the file may change underneath")]
+#[expect(
+    unsafe_code,
+    reason = "memmap2 cannot map a file safely: the file may change underneath"
+)]
 pub(crate) fn map_file(file: &File) -> io::Result<Mapped> {
     if file.metadata()?.len() == 0 {
         return Ok(Mapped::empty());

@@ -63,7 +63,13 @@ mod tests {
         assert_eq!(rule_of("."), "must not be `.` or `..`");
         assert_eq!(rule_of("a/b"), "must not contain a path separator");
         assert_eq!(rule_of("a\\b"), "must not contain a path separator");
-        assert_eq!(rule_of("a b"), "may only contain ASCII letters, digits, `.`, `_` and `-`");
-        assert_eq!(rule_of("é"), "may only contain ASCII letters, digits, `.`, `_` and `-`");
+        assert_eq!(
+            rule_of("a b"),
+            "may only contain ASCII letters, digits, `.`, `_` and `-`"
+        );
+        assert_eq!(
+            rule_of("é"),
+            "may only contain ASCII letters, digits, `.`, `_` and `-`"
+        );
     }
 }

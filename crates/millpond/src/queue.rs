@@ -107,7 +107,8 @@ impl Queue {
             not_before_ms: if options.delay.is_zero() {
                 0
             } else {
-                crate::log::now_ms().saturating_add(u64::try_from(options.delay.as_millis()).unwrap_or(u64::MAX))
+                crate::log::now_ms()
+                    .saturating_add(u64::try_from(options.delay.as_millis()).unwrap_or(u64::MAX))
             },
         };
         self.log.append(&[(payload.as_ref(), attrs)])
@@ -125,7 +126,10 @@ impl Queue {
             let next = self.log.next_id();
             return Ok(next..next);
         }
-        let items: Vec<(&[u8], Attrs)> = payloads.iter().map(|p| (p.as_ref(), Attrs::default())).collect();
+        let items: Vec<(&[u8], Attrs)> = payloads
+            .iter()
+            .map(|p| (p.as_ref(), Attrs::default()))
+            .collect();
         let first = self.log.append(&items)?;
         Ok(first..first + payloads.len() as u64)
     }

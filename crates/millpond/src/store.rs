@@ -91,7 +91,11 @@ fn check_meta(path: &Path, b: &[u8]) -> Result<()> {
     }
     let crc = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
     if crc != crc32fast::hash(&b[..12]) {
-        return Err(Error::corruption(path, 12, "store meta file checksum mismatch"));
+        return Err(Error::corruption(
+            path,
+            12,
+            "store meta file checksum mismatch",
+        ));
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
     if version > STORE_VERSION {
@@ -120,7 +124,8 @@ impl Store {
         options.validate()?;
         let path = path.as_ref().to_owned();
         let fs = options.fs.clone();
-        fs.create_dir_all(&path).ctx("create store directory", &path)?;
+        fs.create_dir_all(&path)
+            .ctx("create store directory", &path)?;
         let lock_path = path.join(LOCK_FILE);
         let lock = fs
             .try_lock(&lock_path)
@@ -134,7 +139,8 @@ impl Store {
                 check_meta(&meta_path, &bytes)?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs.create_dir_all(&queues_dir).ctx("create directory", &queues_dir)?;
+                fs.create_dir_all(&queues_dir)
+                    .ctx("create directory", &queues_dir)?;
                 fs::write_atomic(&*fs, &meta_path, &encode_meta()).ctx("write", &meta_path)?;
             }
             Err(e) => return Err(Error::io("open", &meta_path, e)),
@@ -144,7 +150,8 @@ impl Store {
         let names = match fs.list_dir(&queues_dir) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs.create_dir_all(&queues_dir).ctx("create directory", &queues_dir)?;
+                fs.create_dir_all(&queues_dir)
+                    .ctx("create directory", &queues_dir)?;
                 fs.sync_dir(&path).ctx("fsync directory", &path)?;
                 Vec::new()
             }
@@ -154,7 +161,12 @@ impl Store {
             if validate_name(&name).is_err() {
                 continue;
             }
-            let log = Log::open(&name, queues_dir.join(&name), fs.clone(), LogOptions::from(&options))?;
+            let log = Log::open(
+                &name,
+                queues_dir.join(&name),
+                fs.clone(),
+                LogOptions::from(&options),
+            )?;
             report.queues.push(log.recovery().clone());
             queues.insert(name, log);
         }
@@ -189,8 +201,10 @@ impl Store {
         let fs = &self.inner.options.fs;
         let queues_dir = self.inner.path.join(QUEUES_DIR);
         let dir = queues_dir.join(name);
-        fs.create_dir_all(&dir).ctx("create queue directory", &dir)?;
-        fs.sync_dir(&queues_dir).ctx("fsync directory", &queues_dir)?;
+        fs.create_dir_all(&dir)
+            .ctx("create queue directory", &dir)?;
+        fs.sync_dir(&queues_dir)
+            .ctx("fsync directory", &queues_dir)?;
         let log = Log::open(name, dir, fs.clone(), LogOptions::from(&self.inner.options))?;
         queues.insert(name.to_owned(), log.clone());
         Ok(Queue::new(log, self.inner.clone()))
@@ -198,7 +212,13 @@ impl Store {
 
     /// Names of the queues in the store, sorted.
     pub fn queue_names(&self) -> Vec<String> {
-        self.inner.queues.lock().expect("store queues").keys().cloned().collect()
+        self.inner
+            .queues
+            .lock()
+            .expect("store queues")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// What opening the store found.
@@ -236,7 +256,13 @@ impl Store {
 impl StoreInner {
     fn close(&self) -> Result<()> {
         let mut lock = self.lock.lock().expect("store lock");
-        let logs: Vec<_> = self.queues.lock().expect("store queues").values().cloned().collect();
+        let logs: Vec<_> = self
+            .queues
+            .lock()
+            .expect("store queues")
+            .values()
+            .cloned()
+            .collect();
         let mut first_err = None;
         for log in logs {
             if let Err(e) = log.close() {

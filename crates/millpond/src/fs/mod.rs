@@ -75,6 +75,10 @@ pub trait FsFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The current length of the file.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Makes the file's contents and length durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// A read-only view of the whole file as it is now. [`RealFs`] maps the
@@ -164,7 +168,9 @@ impl LockGuard {
 
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockGuard").field("path", &self.path).finish()
+        f.debug_struct("LockGuard")
+            .field("path", &self.path)
+            .finish()
     }
 }
 

@@ -130,7 +130,10 @@ impl std::fmt::Display for Bad {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Bad::Crc { expected, found } => {
-                write!(f, "frame checksum mismatch: stored {expected:#010x}, computed {found:#010x}")
+                write!(
+                    f,
+                    "frame checksum mismatch: stored {expected:#010x}, computed {found:#010x}"
+                )
             }
             Bad::Length(n) => write!(f, "frame length {n} exceeds the message size limit"),
             Bad::Flags(flags) => write!(f, "frame flags {flags:#x} unknown to this version"),

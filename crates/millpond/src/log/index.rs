@@ -217,12 +217,18 @@ mod tests {
         };
         let mut bytes = encode(&meta, &[(1, 32), (2, 60)]);
         bytes[50] ^= 1;
-        assert_eq!(decode(&bytes), Err(IndexError::Invalid("checksum mismatch")));
+        assert_eq!(
+            decode(&bytes),
+            Err(IndexError::Invalid("checksum mismatch"))
+        );
         let mut bytes = encode(&meta, &[(1, 32)]);
         bytes[8] = 2;
         assert_eq!(decode(&bytes), Err(IndexError::Version(2)));
         let bad_order = encode(&meta, &[(2, 60), (1, 32)]);
-        assert_eq!(decode(&bad_order), Err(IndexError::Invalid("entries out of order")));
+        assert_eq!(
+            decode(&bad_order),
+            Err(IndexError::Invalid("entries out of order"))
+        );
     }
 
     proptest! {

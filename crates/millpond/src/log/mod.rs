@@ -3,9 +3,9 @@
 
 pub mod frame;
 pub mod index;
+mod recover;
 pub mod segment;
 mod segments;
-mod recover;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -19,8 +19,8 @@ use crate::options::{Durability, Options};
 
 pub use recover::{DamagedRange, QueueRecovery, TornTail};
 pub(crate) use segments::{SegmentFile, StoredFrame};
-pub(crate) use writer::now_ms;
 use writer::WriterState;
+pub(crate) use writer::now_ms;
 
 /// Settings the log keeps from [`Options`].
 #[derive(Debug, Clone)]
@@ -101,7 +101,12 @@ impl Log {
         let Some(seg) = self.segment_for(id) else {
             return Ok(None);
         };
-        let mut cursor = seg.cursor(&*self.fs, id, self.opts.message_bytes_max, self.opts.index_interval)?;
+        let mut cursor = seg.cursor(
+            &*self.fs,
+            id,
+            self.opts.message_bytes_max,
+            self.opts.index_interval,
+        )?;
         let mut damage = None;
         loop {
             match cursor.next_frame() {
@@ -125,10 +130,22 @@ impl Log {
 
     /// Bytes of all segment files (from the writer's and loader's view).
     pub fn bytes_on_disk(&self) -> Result<u64> {
-        let segs: Vec<_> = self.segments.read().expect("segments lock").values().cloned().collect();
+        let segs: Vec<_> = self
+            .segments
+            .read()
+            .expect("segments lock")
+            .values()
+            .cloned()
+            .collect();
         let mut total = 0;
         for s in segs {
-            total += s.extent(&*self.fs, self.opts.message_bytes_max, self.opts.index_interval)?.0;
+            total += s
+                .extent(
+                    &*self.fs,
+                    self.opts.message_bytes_max,
+                    self.opts.index_interval,
+                )?
+                .0;
         }
         Ok(total)
     }

@@ -80,14 +80,22 @@ fn not_found(e: &io::Error) -> bool {
 
 impl Log {
     /// Opens (creating if `create`) the log in `dir`.
-    pub(crate) fn open(name: &str, dir: PathBuf, fs: Arc<dyn Fs>, opts: LogOptions) -> Result<Arc<Log>> {
+    pub(crate) fn open(
+        name: &str,
+        dir: PathBuf,
+        fs: Arc<dyn Fs>,
+        opts: LogOptions,
+    ) -> Result<Arc<Log>> {
         let started = Instant::now();
         let mut report = QueueRecovery {
             queue: name.to_owned(),
             ..QueueRecovery::default()
         };
         let names = fs.list_dir(&dir).ctx("list queue directory", &dir)?;
-        let mut ids: Vec<u64> = names.iter().filter_map(|n| segment::parse_file_name(n)).collect();
+        let mut ids: Vec<u64> = names
+            .iter()
+            .filter_map(|n| segment::parse_file_name(n))
+            .collect();
         ids.sort_unstable();
         if ids.is_empty() {
             create_segment(&*fs, &dir, 1)?;
@@ -138,7 +146,9 @@ impl Log {
 /// Creates an empty segment durably.
 fn create_segment(fs: &dyn Fs, dir: &Path, first_id: u64) -> Result<Arc<dyn FsFile>> {
     let (path, _) = segment::paths(dir, first_id);
-    let file = fs.open(&path, OpenMode::CreateNew).ctx("create segment", &path)?;
+    let file = fs
+        .open(&path, OpenMode::CreateNew)
+        .ctx("create segment", &path)?;
     file.write_all_at(&segment::encode_header(first_id), 0)
         .ctx("write segment header", &path)?;
     file.sync_data().ctx("fsync segment", &path)?;
@@ -162,7 +172,9 @@ fn recover_tail(
     report: &mut QueueRecovery,
 ) -> Result<Tail> {
     let (path, index_path) = segment::paths(dir, first_id);
-    let file = fs.open(&path, OpenMode::ReadWrite).ctx("open segment", &path)?;
+    let file = fs
+        .open(&path, OpenMode::ReadWrite)
+        .ctx("open segment", &path)?;
     let file_len = file.len().ctx("stat segment", &path)?;
     let mut header = [0u8; segment::HEADER_LEN as usize];
     let header_read = file_len >= segment::HEADER_LEN && file.read_exact_at(&mut header, 0).is_ok();
@@ -279,7 +291,8 @@ fn only_zeros(file: &dyn FsFile, len: u64, path: &Path) -> Result<bool> {
     let mut pos = 0;
     while pos < len {
         let n = (len - pos).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], pos).ctx("read segment", path)?;
+        file.read_exact_at(&mut buf[..n], pos)
+            .ctx("read segment", path)?;
         if buf[..n].iter().any(|&b| b != 0) {
             return Ok(false);
         }

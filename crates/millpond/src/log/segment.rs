@@ -61,7 +61,9 @@ pub fn decode_header(bytes: &[u8], first_id: u64) -> Result<(), HeaderError> {
     let stored = u32::from_le_bytes(h[OFF_CRC..].try_into().expect("4 bytes"));
     let computed = crc32fast::hash(&h[..OFF_CRC]);
     if h[..8] != MAGIC {
-        return Err(HeaderError::Invalid("bad magic: not a millpond segment".into()));
+        return Err(HeaderError::Invalid(
+            "bad magic: not a millpond segment".into(),
+        ));
     }
     if stored != computed {
         return Err(HeaderError::Invalid(format!(
@@ -102,7 +104,10 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
 
 /// Paths of a segment and its index in `dir`.
 pub fn paths(dir: &Path, first_id: u64) -> (PathBuf, PathBuf) {
-    (dir.join(file_name(first_id)), dir.join(index_file_name(first_id)))
+    (
+        dir.join(file_name(first_id)),
+        dir.join(index_file_name(first_id)),
+    )
 }
 
 /// A range of bytes that failed their check, with valid frames after it.
@@ -202,7 +207,10 @@ pub fn resync(bytes: &[u8], from: usize, next_id: u64, payload_len_max: u32) -> 
         };
         id >= next_id
             && id - next_id < ID_SKEW_MAX
-            && matches!(frame::decode(&bytes[p..], payload_len_max), Decoded::Frame(_))
+            && matches!(
+                frame::decode(&bytes[p..], payload_len_max),
+                Decoded::Frame(_)
+            )
     })
 }
 
@@ -223,7 +231,10 @@ mod tests {
     fn header_round_trip_and_errors() {
         let h = encode_header(42);
         assert_eq!(decode_header(&h, 42), Ok(()));
-        assert!(matches!(decode_header(&h, 43), Err(HeaderError::Invalid(_))));
+        assert!(matches!(
+            decode_header(&h, 43),
+            Err(HeaderError::Invalid(_))
+        ));
         assert_eq!(decode_header(&h[..10], 42), Err(HeaderError::Short));
         let mut newer = h;
         newer[8] = 9;

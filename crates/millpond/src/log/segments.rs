@@ -142,11 +142,6 @@ impl SegmentFile {
         Ok((inner.len, inner.next_id))
     }
 
-    /// Damage found when this segment was scanned.
-    pub fn damage(&self) -> Vec<Damage> {
-        self.inner.read().expect("segment lock").damage.clone()
-    }
-
     /// Loads a sealed segment's header and index, rebuilding the index from
     /// the segment when its file is missing or does not match.
     fn load(&self, fs: &dyn Fs, payload_len_max: u32, interval: u64) -> Result<()> {
@@ -160,7 +155,9 @@ impl SegmentFile {
         let file = match self.file.get() {
             Some(f) => f.clone(),
             None => {
-                let f = fs.open(&self.path, OpenMode::Read).ctx("open segment", &self.path)?;
+                let f = fs
+                    .open(&self.path, OpenMode::Read)
+                    .ctx("open segment", &self.path)?;
                 self.file.get_or_init(|| f).clone()
             }
         };
@@ -215,7 +212,11 @@ impl SegmentFile {
                 };
                 // The index is derived data: failing to save it costs a
                 // rescan next time, nothing more.
-                let _ = crate::fs::write_atomic(fs, &self.index_path, &index::encode(&meta, &s.entries));
+                let _ = crate::fs::write_atomic(
+                    fs,
+                    &self.index_path,
+                    &index::encode(&meta, &s.entries),
+                );
                 (s.next_id, SparseIndex::Owned(s.entries), damage)
             }
         };
@@ -229,10 +230,19 @@ impl SegmentFile {
     }
 
     /// A cursor positioned at or before `id` (by the sparse index).
-    pub fn cursor(self: &Arc<Self>, fs: &dyn Fs, id: u64, payload_len_max: u32, interval: u64) -> Result<Cursor> {
+    pub fn cursor(
+        self: &Arc<Self>,
+        fs: &dyn Fs,
+        id: u64,
+        payload_len_max: u32,
+        interval: u64,
+    ) -> Result<Cursor> {
         self.load(fs, payload_len_max, interval)?;
         let inner = self.inner.read().expect("segment lock");
-        let pos = inner.index.floor(id).map_or(segment::HEADER_LEN, |(_, pos)| pos);
+        let pos = inner
+            .index
+            .floor(id)
+            .map_or(segment::HEADER_LEN, |(_, pos)| pos);
         Ok(Cursor {
             seg: self.clone(),
             pos,
@@ -253,7 +263,11 @@ pub(crate) fn check_header(path: &Path, bytes: &[u8], first_id: u64) -> Result<(
             found,
             supported: segment::VERSION,
         }),
-        Err(HeaderError::Short) => Err(Error::corruption(path, 0, "segment shorter than its header")),
+        Err(HeaderError::Short) => Err(Error::corruption(
+            path,
+            0,
+            "segment shorter than its header",
+        )),
         Err(HeaderError::Invalid(detail)) => Err(Error::corruption(path, 0, detail)),
     }
 }
@@ -279,14 +293,23 @@ impl Cursor {
     pub fn next_frame(&mut self) -> Result<Option<StoredFrame>> {
         let (len, map) = {
             let inner = self.seg.inner.read().expect("segment lock");
-            (inner.len, if inner.sealed { inner.map.clone() } else { None })
+            (
+                inner.len,
+                if inner.sealed {
+                    inner.map.clone()
+                } else {
+                    None
+                },
+            )
         };
         if self.pos >= len {
             return Ok(None);
         }
         let pos = self.pos;
         let decoded = match &map {
-            Some(m) => Self::decode_owned(&m[pos as usize..len as usize], pos, self.payload_len_max),
+            Some(m) => {
+                Self::decode_owned(&m[pos as usize..len as usize], pos, self.payload_len_max)
+            }
             None => {
                 self.fill(pos, len, frame::HEADER_LEN)?;
                 let mut d = self.decode_buf(pos);
@@ -306,7 +329,9 @@ impl Cursor {
             other => {
                 let detail = match other {
                     Ok(f) => format!("frame id {} is not above {}", f.id, self.min_id - 1),
-                    Err(Decoded2::Incomplete) => "frame runs past the end of the written data".into(),
+                    Err(Decoded2::Incomplete) => {
+                        "frame runs past the end of the written data".into()
+                    }
                     Err(Decoded2::Bad(b)) => b,
                 };
                 // Find where valid frames resume.
@@ -316,7 +341,8 @@ impl Cursor {
                     None => {
                         let mut v = vec![0u8; (len - pos) as usize];
                         let file = self.seg.file().expect("active segment is open");
-                        file.read_exact_at(&mut v, pos).ctx("read segment", &self.seg.path)?;
+                        file.read_exact_at(&mut v, pos)
+                            .ctx("read segment", &self.seg.path)?;
                         rest = v;
                         &rest
                     }
@@ -341,19 +367,21 @@ impl Cursor {
         let want = (len - pos).min(need.max(READ_CHUNK) as u64) as usize;
         self.buf.resize(want, 0);
         let file = self.seg.file().expect("active segment is open");
-        file.read_exact_at(&mut self.buf, pos).ctx("read segment", &self.seg.path)?;
+        file.read_exact_at(&mut self.buf, pos)
+            .ctx("read segment", &self.seg.path)?;
         self.buf_start = pos;
         Ok(())
     }
 
-    #[expect(clippy::type_complexity, reason = "private helper")]
     fn decode_buf(&self, pos: u64) -> Result<Result<StoredFrame, Decoded2>, Needed> {
         let start = (pos - self.buf_start) as usize;
         let bytes = &self.buf[start..];
         match frame::decode(bytes, self.payload_len_max) {
             Decoded::Incomplete if bytes.len() >= frame::HEADER_LEN => {
                 // The header says how much is needed; fetch it all.
-                let need = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize + frame::HEADER_LEN + 12;
+                let need = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize
+                    + frame::HEADER_LEN
+                    + 12;
                 if need > bytes.len() {
                     return Err(Needed(need));
                 }

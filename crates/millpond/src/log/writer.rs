@@ -7,10 +7,10 @@
 use std::sync::{Arc, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::Log;
 use super::frame::{self, Attrs};
 use super::segment;
 use super::segments::SegmentFile;
-use super::Log;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::OpenMode;
 use crate::options::Durability;
@@ -57,7 +57,12 @@ pub(crate) struct WriterIo {
 }
 
 impl WriterState {
-    pub fn new(next_id: u64, tail: &SegmentFile, tail_len: u64, tail_last_entry: Option<u64>) -> WriterState {
+    pub fn new(
+        next_id: u64,
+        tail: &SegmentFile,
+        tail_len: u64,
+        tail_last_entry: Option<u64>,
+    ) -> WriterState {
         WriterState {
             next_id,
             chunks: Vec::new(),
@@ -149,7 +154,12 @@ impl Log {
         }
         let tail_first_id = st.tail_first_id;
         let start_pos = st.tail_len;
-        if roll || st.chunks.last().is_none_or(|c| c.segment_first_id != tail_first_id) {
+        if roll
+            || st
+                .chunks
+                .last()
+                .is_none_or(|c| c.segment_first_id != tail_first_id)
+        {
             st.chunks.push(Chunk {
                 segment_first_id: tail_first_id,
                 new_segment: roll,
@@ -161,9 +171,16 @@ impl Log {
         }
         let id = st.next_id;
         let pos = st.tail_len;
-        if st.tail_last_entry.is_none_or(|p| pos >= p + self.opts.index_interval) {
+        if st
+            .tail_last_entry
+            .is_none_or(|p| pos >= p + self.opts.index_interval)
+        {
             st.tail_last_entry = Some(pos);
-            st.chunks.last_mut().expect("pushed above").entries.push((id, pos));
+            st.chunks
+                .last_mut()
+                .expect("pushed above")
+                .entries
+                .push((id, pos));
         }
         let chunk = st.chunks.last_mut().expect("pushed above");
         frame::encode(&mut chunk.bytes, id, ts, attrs, payload);
@@ -175,7 +192,12 @@ impl Log {
 
     /// Waits until `id` is written (or durable), leading flush rounds when
     /// no other thread is.
-    fn wait_for<'a>(&'a self, mut st: MutexGuard<'a, WriterState>, id: u64, goal: Goal) -> Result<()> {
+    fn wait_for<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, WriterState>,
+        id: u64,
+        goal: Goal,
+    ) -> Result<()> {
         loop {
             let done = match goal {
                 Goal::Written => st.written_next_id > id,
@@ -242,7 +264,11 @@ impl Log {
             let file = seg.file().expect("active segment is open");
             file.write_all_at(&chunk.bytes, chunk.start_pos)
                 .ctx("write segment", &seg.path)?;
-            seg.advance(chunk.start_pos + chunk.bytes.len() as u64, chunk.end_id, &chunk.entries);
+            seg.advance(
+                chunk.start_pos + chunk.bytes.len() as u64,
+                chunk.end_id,
+                &chunk.entries,
+            );
         }
         if sync {
             let seg = &io.active;
@@ -259,11 +285,16 @@ impl Log {
     fn roll(&self, io: &mut WriterIo, first_id: u64) -> Result<()> {
         self.seal(&io.active)?;
         let (path, _) = segment::paths(&self.dir, first_id);
-        let file = self.fs.open(&path, OpenMode::CreateNew).ctx("create segment", &path)?;
+        let file = self
+            .fs
+            .open(&path, OpenMode::CreateNew)
+            .ctx("create segment", &path)?;
         file.write_all_at(&segment::encode_header(first_id), 0)
             .ctx("write segment header", &path)?;
         file.sync_data().ctx("fsync segment", &path)?;
-        self.fs.sync_dir(&self.dir).ctx("fsync directory", &self.dir)?;
+        self.fs
+            .sync_dir(&self.dir)
+            .ctx("fsync directory", &self.dir)?;
         let seg = Arc::new(SegmentFile::active(
             &self.dir,
             first_id,
@@ -360,7 +391,10 @@ impl Log {
         };
         let mut st = self.state.lock().expect("writer lock");
         loop {
-            let (guard, _) = self.timer_wake.wait_timeout(st, interval).expect("writer lock");
+            let (guard, _) = self
+                .timer_wake
+                .wait_timeout(st, interval)
+                .expect("writer lock");
             st = guard;
             if st.closed || st.poisoned.is_some() {
                 return;
