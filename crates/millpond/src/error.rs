@@ -99,6 +99,32 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// The id is not reserved by this group (never delivered, already
+    /// settled, lease expired, or unknown).
+    #[error("message {id} is not reserved in group {group}")]
+    NotReserved {
+        /// The group.
+        group: String,
+        /// The id.
+        id: u64,
+    },
+    /// The id is not buried (or delayed) in this group, so it cannot be
+    /// kicked.
+    #[error("message {id} is not buried or delayed in group {group}")]
+    NotBuried {
+        /// The group.
+        group: String,
+        /// The id.
+        id: u64,
+    },
+    /// A lease of zero or longer than the maximum.
+    #[error("invalid lease {lease:?}: {reason}")]
+    InvalidLease {
+        /// The lease asked for.
+        lease: std::time::Duration,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// The store or queue was closed.
     #[error("the store is closed")]
     Closed,

@@ -86,8 +86,10 @@
 
 #![deny(unsafe_code)]
 
+mod clock;
 mod error;
 pub mod fs;
+pub mod group;
 pub mod log;
 mod mmap;
 mod name;
@@ -95,11 +97,15 @@ mod options;
 mod queue;
 mod store;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
+pub use group::{
+    Backoff, Delivery, GroupOptions, GroupRecovery, GroupStats, MessageState, Peeked, StartAt,
+};
 pub use log::{DamagedRange, QueueRecovery, TornTail};
 pub use name::{NAME_BYTES_MAX, validate_name};
 pub use options::{Durability, Options, RecoveryMode};
-pub use queue::{LogStats, Message, PushOptions, Queue, Reader};
+pub use queue::{DEFAULT_GROUP, Group, LogStats, Message, PushOptions, Queue, Reader};
 pub use store::{RecoveryReport, STORE_MAGIC, STORE_VERSION, Store};
 
 #[cfg(test)]
@@ -110,5 +116,6 @@ mod send_sync {
     fn handles_are_clone_send_sync() {
         assert_clone_send_sync::<crate::Store>();
         assert_clone_send_sync::<crate::Queue>();
+        assert_clone_send_sync::<crate::Group>();
     }
 }

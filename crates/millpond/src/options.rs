@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::fs::{Fs, RealFs};
 
@@ -66,6 +67,7 @@ pub struct Options {
     pub(crate) index_interval_bytes: u32,
     pub(crate) write_buffer_bytes: usize,
     pub(crate) fs: Arc<dyn Fs>,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             index_interval_bytes: 4096,
             write_buffer_bytes: 1 << 20,
             fs: Arc::new(RealFs),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -92,6 +95,7 @@ impl fmt::Debug for Options {
             .field("index_interval_bytes", &self.index_interval_bytes)
             .field("write_buffer_bytes", &self.write_buffer_bytes)
             .field("fs", &self.fs)
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -144,6 +148,13 @@ impl Options {
     /// [`MemFs`](crate::fs::MemFs) or a [`SimFs`](crate::fs::SimFs).
     pub fn fs(mut self, fs: Arc<dyn Fs>) -> Options {
         self.fs = fs;
+        self
+    }
+
+    /// The clock for timestamps, leases and delays. Default:
+    /// [`SystemClock`]. Tests pass a [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Options {
+        self.clock = clock;
         self
     }
 

@@ -1,13 +1,106 @@
 //! The public handle of one queue.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::clock::Clock;
+use crate::error::{Error, IoContext, Result};
+use crate::group::{Delivery, GroupInner, GroupOptions, GroupRecovery, GroupStats, Peeked, Wake};
 use crate::log::frame::Attrs;
-use crate::log::{Log, LogReader, QueueRecovery, StoredFrame};
+use crate::log::{Log, LogOptions, LogReader, QueueRecovery, StoredFrame};
+use crate::name::validate_name;
+use crate::options::Options;
 use crate::store::StoreInner;
+
+/// The name of the group every queue has.
+pub const DEFAULT_GROUP: &str = "default";
+const GROUPS_DIR: &str = "groups";
+
+/// What a queue's handles share: its log and its groups.
+#[derive(Debug)]
+pub(crate) struct QueueShared {
+    pub log: Arc<Log>,
+    groups: Mutex<BTreeMap<String, Arc<GroupInner>>>,
+    wake: Arc<Wake>,
+    clock: Arc<dyn Clock>,
+}
+
+impl QueueShared {
+    /// Opens the queue in `dir` with every group it has (and `default`).
+    pub fn open(name: &str, dir: PathBuf, options: &Options) -> Result<Arc<QueueShared>> {
+        let fs = options.fs.clone();
+        let log = Log::open(name, dir.clone(), fs.clone(), LogOptions::from(options))?;
+        let shared = Arc::new(QueueShared {
+            log,
+            groups: Mutex::new(BTreeMap::new()),
+            wake: Arc::new(Wake::default()),
+            clock: options.clock.clone(),
+        });
+        let groups_dir = dir.join(GROUPS_DIR);
+        let names = match fs.list_dir(&groups_dir) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs.create_dir_all(&groups_dir)
+                    .ctx("create directory", &groups_dir)?;
+                fs.sync_dir(&dir).ctx("fsync directory", &dir)?;
+                Vec::new()
+            }
+            Err(e) => return Err(Error::io("list", &groups_dir, e)),
+        };
+        for g in names.iter().filter(|n| validate_name(n).is_ok()) {
+            shared.group(g, GroupOptions::default())?;
+        }
+        shared.group(DEFAULT_GROUP, GroupOptions::default())?;
+        Ok(shared)
+    }
+
+    fn group(&self, name: &str, options: GroupOptions) -> Result<Arc<GroupInner>> {
+        validate_name(name)?;
+        let mut groups = self.groups.lock().expect("groups lock");
+        if let Some(g) = groups.get(name) {
+            return Ok(g.clone());
+        }
+        let dir = self.log.dir.join(GROUPS_DIR).join(name);
+        let g = GroupInner::open(
+            name,
+            dir,
+            self.log.clone(),
+            self.clock.clone(),
+            options,
+            self.wake.clone(),
+        )?;
+        groups.insert(name.to_owned(), g.clone());
+        Ok(g)
+    }
+
+    /// Flushes the log, checkpoints every group, closes the log.
+    pub fn close(&self) -> Result<()> {
+        let mut first = self.log.flush().err();
+        let groups: Vec<_> = self
+            .groups
+            .lock()
+            .expect("groups lock")
+            .values()
+            .cloned()
+            .collect();
+        for g in groups {
+            if let Err(e) = g.close() {
+                first.get_or_insert(e);
+            }
+        }
+        if let Err(e) = self.log.close() {
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    pub fn recovery(&self) -> &QueueRecovery {
+        self.log.recovery()
+    }
+}
 
 /// A named queue: an append-only log of messages with ids that only grow.
 ///
@@ -16,6 +109,7 @@ use crate::store::StoreInner;
 /// many threads share one write and one fsync.
 #[derive(Clone, Debug)]
 pub struct Queue {
+    shared: Arc<QueueShared>,
     log: Arc<Log>,
     _store: Arc<StoreInner>,
 }
@@ -72,8 +166,54 @@ pub struct LogStats {
 }
 
 impl Queue {
-    pub(crate) fn new(log: Arc<Log>, store: Arc<StoreInner>) -> Queue {
-        Queue { log, _store: store }
+    pub(crate) fn new(shared: Arc<QueueShared>, store: Arc<StoreInner>) -> Queue {
+        Queue {
+            log: shared.log.clone(),
+            shared,
+            _store: store,
+        }
+    }
+
+    /// Opens the consumer group `name` with default options, creating it
+    /// if needed. Every queue has the group [`DEFAULT_GROUP`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`]; errors while recovering its journal.
+    pub fn group(&self, name: &str) -> Result<Group> {
+        self.group_with(name, GroupOptions::default())
+    }
+
+    /// Opens or creates the group `name`. `options` apply when this call
+    /// opens it; a group already open keeps the options it has.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::group`].
+    pub fn group_with(&self, name: &str, options: GroupOptions) -> Result<Group> {
+        let inner = self.shared.group(name, options)?;
+        Ok(Group {
+            inner,
+            _queue: self.clone(),
+        })
+    }
+
+    /// Names of the queue's groups, sorted.
+    pub fn group_names(&self) -> Vec<String> {
+        self.shared
+            .groups
+            .lock()
+            .expect("groups lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn pushed(&self, r: Result<u64>) -> Result<u64> {
+        if r.is_ok() {
+            self.shared.wake.notify();
+        }
+        r
     }
 
     /// The queue's name.
@@ -93,7 +233,7 @@ impl Queue {
     /// ([`Error::DiskFull`](crate::Error::DiskFull) among them), after which
     /// the queue is poisoned; [`Error::Closed`](crate::Error::Closed).
     pub fn push(&self, payload: impl AsRef<[u8]>) -> Result<u64> {
-        self.log.append(&[(payload.as_ref(), Attrs::default())])
+        self.pushed(self.log.append(&[(payload.as_ref(), Attrs::default())]))
     }
 
     /// Appends one message with a priority and a delay.
@@ -107,11 +247,13 @@ impl Queue {
             not_before_ms: if options.delay.is_zero() {
                 0
             } else {
-                crate::log::now_ms()
+                self.shared
+                    .clock
+                    .now_ms()
                     .saturating_add(u64::try_from(options.delay.as_millis()).unwrap_or(u64::MAX))
             },
         };
-        self.log.append(&[(payload.as_ref(), attrs)])
+        self.pushed(self.log.append(&[(payload.as_ref(), attrs)]))
     }
 
     /// Appends messages as one commit (one write, one fsync under `Sync`)
@@ -130,7 +272,7 @@ impl Queue {
             .iter()
             .map(|p| (p.as_ref(), Attrs::default()))
             .collect();
-        let first = self.log.append(&items)?;
+        let first = self.pushed(self.log.append(&items))?;
         Ok(first..first + payloads.len() as u64)
     }
 
@@ -209,5 +351,175 @@ impl Iterator for Reader {
 
     fn next(&mut self) -> Option<Result<Message>> {
         self.inner.next().map(|f| f.map(Message::from)).transpose()
+    }
+}
+
+/// A consumer group of a queue: consumers of one group compete for its
+/// messages; every group sees every message.
+///
+/// Cheap to clone, `Send + Sync`.
+#[derive(Clone, Debug)]
+pub struct Group {
+    inner: Arc<GroupInner>,
+    _queue: Queue,
+}
+
+impl Group {
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Reserves the next ready message for `lease`, or returns `None`.
+    /// Ready order is (priority, id). The reservation is recorded (written,
+    /// not fsynced) before this returns, so the attempt counts even if the
+    /// process dies while handling it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidLease`] for a zero or too long lease;
+    /// [`Error::Corruption`] when the next message's bytes fail their check
+    /// (the next call continues after them); I/O errors.
+    pub fn reserve(&self, lease: Duration) -> Result<Option<Delivery>> {
+        self.inner.reserve(lease)
+    }
+
+    /// As [`Group::reserve`], but waits up to `wait` for a message to become
+    /// ready: woken by pushes, releases, kicks, and by delays and leases
+    /// falling due.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::reserve`].
+    pub fn reserve_timeout(&self, lease: Duration, wait: Duration) -> Result<Option<Delivery>> {
+        self.inner.reserve_timeout(lease, wait)
+    }
+
+    /// Reserves up to `n` ready messages.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::reserve`].
+    pub fn reserve_batch(&self, n: usize, lease: Duration) -> Result<Vec<Delivery>> {
+        self.inner.reserve_batch(n, lease)
+    }
+
+    /// Acknowledges a reserved message: it is never delivered to this group
+    /// again. Under `Sync` this returns after the ack is fsynced
+    /// (concurrent acks share the fsync).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotReserved`] if `id` is not reserved in this group; I/O
+    /// errors.
+    pub fn ack(&self, id: u64) -> Result<()> {
+        self.inner.ack(id)
+    }
+
+    /// Acknowledges several reserved messages with one commit. Refused
+    /// whole if any is not reserved.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::ack`].
+    pub fn ack_batch(&self, ids: &[u64]) -> Result<()> {
+        self.inner.ack_batch(ids)
+    }
+
+    /// Releases a reserved message for a retry after `delay`, or after the
+    /// group's backoff when `None`. A message out of attempts is buried.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::ack`].
+    pub fn nack(&self, id: u64, delay: Option<Duration>) -> Result<()> {
+        self.inner.nack(id, delay)
+    }
+
+    /// Extends the lease of a reserved message to `lease` from now.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::ack`]; [`Error::InvalidLease`].
+    pub fn touch(&self, id: u64, lease: Duration) -> Result<()> {
+        self.inner.touch(id, lease)
+    }
+
+    /// Dead-letters a reserved message within the group.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::ack`].
+    pub fn bury(&self, id: u64) -> Result<()> {
+        self.inner.bury(id)
+    }
+
+    /// Revives up to `n` buried messages (oldest first); returns how many.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn kick(&self, n: usize) -> Result<usize> {
+        self.inner.kick(n)
+    }
+
+    /// Revives one buried or delayed message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotBuried`]; I/O errors.
+    pub fn kick_id(&self, id: u64) -> Result<()> {
+        self.inner.kick_id(id)
+    }
+
+    /// The message `id` and where it is, without reserving it; `None` if
+    /// finished or unknown.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors; [`Error::Corruption`].
+    pub fn peek(&self, id: u64) -> Result<Option<Peeked>> {
+        self.inner.peek(id)
+    }
+
+    /// The message the next reserve would get.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::peek`].
+    pub fn peek_ready(&self) -> Result<Option<Peeked>> {
+        self.inner.peek_ready()
+    }
+
+    /// The delayed message due first.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::peek`].
+    pub fn peek_delayed(&self) -> Result<Option<Peeked>> {
+        self.inner.peek_delayed()
+    }
+
+    /// The oldest buried message.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::peek`].
+    pub fn peek_buried(&self) -> Result<Option<Peeked>> {
+        self.inner.peek_buried()
+    }
+
+    /// Counts and totals.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn stats(&self) -> Result<GroupStats> {
+        self.inner.stats()
+    }
+
+    /// What opening the group found.
+    pub fn recovery(&self) -> &GroupRecovery {
+        self.inner.recovery()
     }
 }

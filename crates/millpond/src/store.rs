@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{self, Fs, LockGuard, OpenMode};
-use crate::log::{Log, LogOptions, QueueRecovery};
+use crate::log::QueueRecovery;
 use crate::name::validate_name;
 use crate::options::Options;
-use crate::queue::Queue;
+use crate::queue::{Queue, QueueShared};
 
 /// Store meta file magic.
 pub const STORE_MAGIC: [u8; 8] = *b"MLPDSTOR";
@@ -42,7 +42,7 @@ pub struct Store {
 pub(crate) struct StoreInner {
     path: PathBuf,
     options: Options,
-    queues: Mutex<BTreeMap<String, Arc<Log>>>,
+    queues: Mutex<BTreeMap<String, Arc<QueueShared>>>,
     lock: Mutex<Option<LockGuard>>,
     report: RecoveryReport,
 }
@@ -161,14 +161,9 @@ impl Store {
             if validate_name(&name).is_err() {
                 continue;
             }
-            let log = Log::open(
-                &name,
-                queues_dir.join(&name),
-                fs.clone(),
-                LogOptions::from(&options),
-            )?;
-            report.queues.push(log.recovery().clone());
-            queues.insert(name, log);
+            let q = QueueShared::open(&name, queues_dir.join(&name), &options)?;
+            report.queues.push(q.recovery().clone());
+            queues.insert(name, q);
         }
         report.duration = started.elapsed();
         Ok(Store {
@@ -195,8 +190,8 @@ impl Store {
             return Err(Error::Closed);
         }
         let mut queues = self.inner.queues.lock().expect("store queues");
-        if let Some(log) = queues.get(name) {
-            return Ok(Queue::new(log.clone(), self.inner.clone()));
+        if let Some(q) = queues.get(name) {
+            return Ok(Queue::new(q.clone(), self.inner.clone()));
         }
         let fs = &self.inner.options.fs;
         let queues_dir = self.inner.path.join(QUEUES_DIR);
@@ -205,9 +200,9 @@ impl Store {
             .ctx("create queue directory", &dir)?;
         fs.sync_dir(&queues_dir)
             .ctx("fsync directory", &queues_dir)?;
-        let log = Log::open(name, dir, fs.clone(), LogOptions::from(&self.inner.options))?;
-        queues.insert(name.to_owned(), log.clone());
-        Ok(Queue::new(log, self.inner.clone()))
+        let q = QueueShared::open(name, dir, &self.inner.options)?;
+        queues.insert(name.to_owned(), q.clone());
+        Ok(Queue::new(q, self.inner.clone()))
     }
 
     /// Names of the queues in the store, sorted.

@@ -31,6 +31,7 @@ pub(crate) struct LogOptions {
     pub index_interval: u64,
     pub write_buffer_bytes: usize,
     pub recovery_mode: crate::RecoveryMode,
+    pub clock: Arc<dyn crate::Clock>,
 }
 
 impl From<&Options> for LogOptions {
@@ -42,6 +43,7 @@ impl From<&Options> for LogOptions {
             index_interval: u64::from(o.index_interval_bytes),
             write_buffer_bytes: o.write_buffer_bytes,
             recovery_mode: o.recovery_mode,
+            clock: o.clock.clone(),
         }
     }
 }

@@ -104,7 +104,7 @@ impl Log {
                 });
             }
         }
-        let ts = now_ms();
+        let ts = self.opts.clock.now_ms();
         let mut st = self.state.lock().expect("writer lock");
         self.check_writable(&st)?;
         let first = st.next_id;

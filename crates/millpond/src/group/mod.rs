@@ -1,0 +1,917 @@
+//! Consumer groups: leases, acks, retries with backoff, delays, priorities,
+//! dead letters, and the journal and checkpoint that make the ack state
+//! durable.
+//!
+//! On disk a group is a directory `queues/<queue>/groups/<group>/` holding
+//! a `checkpoint` and the journals written since it.
+
+pub mod checkpoint;
+pub mod journal;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::error::{Error, IoContext, Result};
+use crate::fs::{self, Fs};
+use crate::log::{Log, LogReader, StoredFrame};
+use crate::options::Durability;
+use journal::{Goal, Journal, Record};
+use state::{Entry, EntryState, GroupState, Refused};
+
+const CHECKPOINT_FILE: &str = "checkpoint";
+/// Longest accepted lease.
+pub const LEASE_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Where a new group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// At the oldest message still in the log (default).
+    #[default]
+    Oldest,
+    /// At the tail: only messages pushed from now on.
+    Tail,
+}
+
+/// The retry delay of `nack` without an explicit delay: exponential in the
+/// attempt number, capped, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay after the first attempt. Default 1 s.
+    pub base: Duration,
+    /// Largest delay. Default 5 min.
+    pub max: Duration,
+    /// Spread each delay uniformly over ±`jitter_percent` percent (0–100).
+    /// Default 20.
+    pub jitter_percent: u8,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            jitter_percent: 20,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry after `attempts` deliveries of message `id`.
+    pub fn delay_ms(&self, id: u64, attempts: u32) -> u64 {
+        let base = u64::try_from(self.base.as_millis()).unwrap_or(u64::MAX);
+        let max = u64::try_from(self.max.as_millis()).unwrap_or(u64::MAX);
+        let exp = attempts.saturating_sub(1).min(63);
+        let d = base.saturating_mul(1u64 << exp.min(62)).min(max);
+        let jitter = u64::from(self.jitter_percent.min(100));
+        if jitter == 0 || d == 0 {
+            return d;
+        }
+        // A hash of (id, attempts): deterministic, spread, no RNG state.
+        let mut x = id ^ (u64::from(attempts) << 48) ^ 0x9E37_79B9_7F4A_7C15;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        let span = d / 100 * jitter * 2 + 1;
+        (d - d / 100 * jitter + x % span).min(max)
+    }
+}
+
+/// Options of one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupOptions {
+    /// Where a new group starts. Default [`StartAt::Oldest`]. Ignored when
+    /// the group exists.
+    pub start: StartAt,
+    /// Deliveries without an ack after which a message is buried (dead-
+    /// lettered within the group). Default 10.
+    pub max_attempts: u32,
+    /// Retry delay for `nack` without an explicit delay.
+    pub backoff: Backoff,
+    /// Journal bytes after which a checkpoint is written and the journal
+    /// rotated. Default 4 MiB.
+    pub checkpoint_journal_bytes: u64,
+}
+
+impl Default for GroupOptions {
+    fn default() -> GroupOptions {
+        GroupOptions {
+            start: StartAt::Oldest,
+            max_attempts: 10,
+            backoff: Backoff::default(),
+            checkpoint_journal_bytes: 4 << 20,
+        }
+    }
+}
+
+/// A reserved message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// Message id.
+    pub id: u64,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Which delivery this is, from 1.
+    pub attempt: u32,
+    /// When it was pushed, unix ms.
+    pub enqueued_ms: u64,
+    /// Its priority.
+    pub priority: u32,
+}
+
+/// Where a message is, for [`Group::peek`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageState {
+    /// Ready to be reserved.
+    Ready,
+    /// Not ready before this time (unix ms).
+    Delayed(u64),
+    /// Reserved until this time (unix ms).
+    Reserved(u64),
+    /// Dead-lettered.
+    Buried,
+}
+
+/// A message read without reserving it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Peeked {
+    /// Message id.
+    pub id: u64,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Where it is in the group.
+    pub state: MessageState,
+    /// Deliveries so far.
+    pub attempts: u32,
+    /// Its priority.
+    pub priority: u32,
+    /// When it was pushed, unix ms.
+    pub enqueued_ms: u64,
+}
+
+/// Figures of one group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct GroupStats {
+    /// Ready messages, including pushed ones the group has not scanned yet.
+    pub ready: u64,
+    /// Reserved messages.
+    pub reserved: u64,
+    /// Delayed messages (among those scanned).
+    pub delayed: u64,
+    /// Buried messages.
+    pub buried: u64,
+    /// Messages pushed to the queue in total (ids handed out).
+    pub pushed_total: u64,
+    /// Acks by this group since it was created.
+    pub acked_total: u64,
+    /// Messages buried by running out of attempts.
+    pub dead_lettered_total: u64,
+    /// Age of the oldest ready message, ms (0 if none).
+    pub oldest_ready_age_ms: u64,
+    /// Bytes of the queue's segment files.
+    pub bytes_on_disk: u64,
+}
+
+/// What opening a group found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupRecovery {
+    /// Journal records replayed.
+    pub records_replayed: u64,
+    /// Records that referred past the end of the recovered log, discarded.
+    pub records_discarded: u64,
+    /// Bytes of torn journal tail ignored.
+    pub journal_bytes_torn: u64,
+    /// Leases live at the crash, returned to ready with the attempt counted.
+    pub leases_released: u64,
+    /// Time taken.
+    pub duration: Duration,
+}
+
+/// Wakes blocked `reserve_timeout` calls of every group of a queue.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    generation: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        *self.generation.lock().expect("wake lock") += 1;
+        self.cv.notify_all();
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct GroupInner {
+    pub name: String,
+    dir: PathBuf,
+    log: Arc<Log>,
+    fs: Arc<dyn Fs>,
+    clock: Arc<dyn Clock>,
+    durability: Durability,
+    opts: GroupOptions,
+    live: Mutex<Live>,
+    journal: Journal,
+    wake: Arc<Wake>,
+    recovery: GroupRecovery,
+}
+
+#[derive(Debug)]
+struct Live {
+    state: GroupState,
+    fresh: LogReader,
+    /// The first fresh message, read ahead but not yet reserved.
+    pending: Option<StoredFrame>,
+    journal_seq: u64,
+    closed: bool,
+}
+
+fn refused(group: &str, id: u64, r: Refused) -> Error {
+    match r {
+        Refused::NotReserved => Error::NotReserved {
+            group: group.to_owned(),
+            id,
+        },
+        Refused::NotBuried => Error::NotBuried {
+            group: group.to_owned(),
+            id,
+        },
+    }
+}
+
+fn lease_ms(lease: Duration) -> Result<u64> {
+    if lease.is_zero() {
+        return Err(Error::InvalidLease {
+            lease,
+            reason: "a lease must be longer than zero",
+        });
+    }
+    if lease > LEASE_MAX {
+        return Err(Error::InvalidLease {
+            lease,
+            reason: "a lease may be at most 30 days",
+        });
+    }
+    Ok(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1))
+}
+
+impl GroupInner {
+    /// Opens or creates the group in `dir`, replaying its journal.
+    pub fn open(
+        name: &str,
+        dir: PathBuf,
+        log: Arc<Log>,
+        clock: Arc<dyn Clock>,
+        opts: GroupOptions,
+        wake: Arc<Wake>,
+    ) -> Result<Arc<GroupInner>> {
+        let started = Instant::now();
+        let fs = log.fs.clone();
+        let parent = fs::parent_dir(&dir).to_owned();
+        if !fs.exists(&dir).ctx("stat", &dir)? {
+            fs.create_dir_all(&dir)
+                .ctx("create group directory", &dir)?;
+            fs.sync_dir(&parent).ctx("fsync directory", &parent)?;
+        }
+        let ckpt_path = dir.join(CHECKPOINT_FILE);
+        let names = fs.list_dir(&dir).ctx("list group directory", &dir)?;
+        let mut journals: Vec<u64> = names
+            .iter()
+            .filter_map(|n| journal::parse_file_name(n))
+            .collect();
+        journals.sort_unstable();
+        let now = clock.now_ms();
+        let mut report = GroupRecovery::default();
+        let (mut state, from_seq) = match fs.open(&ckpt_path, fs::OpenMode::Read) {
+            Ok(f) => {
+                let bytes = f.map().ctx("read checkpoint", &ckpt_path)?;
+                let c = checkpoint::decode(&ckpt_path, &bytes)?;
+                (c.state, c.journal_seq)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let cursor = match opts.start {
+                    StartAt::Oldest => log.first_id(),
+                    StartAt::Tail => log.next_id(),
+                };
+                (GroupState::new(cursor), 0)
+            }
+            Err(e) => return Err(Error::io("open checkpoint", &ckpt_path, e)),
+        };
+        let log_end = log.next_id();
+        for &seq in journals.iter().filter(|&&s| s >= from_seq) {
+            let path = dir.join(journal::file_name(seq));
+            let bytes = fs
+                .open(&path, fs::OpenMode::Read)
+                .and_then(|f| f.map())
+                .ctx("read journal", &path)?;
+            let replay = journal::read(&path, &bytes, seq)?;
+            report.journal_bytes_torn += replay.torn_bytes;
+            for rec in replay.records {
+                if replay_record(&mut state, rec, &log, log_end, now, opts.max_attempts)? {
+                    report.records_replayed += 1;
+                } else {
+                    report.records_discarded += 1;
+                }
+            }
+        }
+        report.leases_released = state.counts().1 as u64;
+        state.release_all_leases(opts.max_attempts);
+        report.records_discarded += state.clamp(log_end) as u64;
+        state.forget_below(log.first_id());
+
+        // A fresh journal and a checkpoint naming it; then the old journals
+        // can go.
+        let seq = journals.last().map_or(1, |s| s + 1).max(from_seq + 1);
+        let journal = Journal::create(fs.clone(), &dir, seq)?;
+        fs::write_atomic(&*fs, &ckpt_path, &checkpoint::encode(seq, &state))
+            .ctx("write checkpoint", &ckpt_path)?;
+        remove_journals_below(&*fs, &dir, &journals, seq)?;
+        report.duration = started.elapsed();
+        let fresh = log.reader(state.cursor);
+        Ok(Arc::new(GroupInner {
+            name: name.to_owned(),
+            dir,
+            durability: log.opts.durability,
+            fs,
+            log,
+            clock,
+            opts,
+            live: Mutex::new(Live {
+                state,
+                fresh,
+                pending: None,
+                journal_seq: seq,
+                closed: false,
+            }),
+            journal,
+            wake,
+            recovery: report,
+        }))
+    }
+
+    pub fn recovery(&self) -> &GroupRecovery {
+        &self.recovery
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Live>> {
+        let live = self.live.lock().expect("group lock");
+        if live.closed {
+            return Err(Error::Closed);
+        }
+        Ok(live)
+    }
+
+    /// The first fresh message without a priority or a due delay; messages
+    /// with either are set aside into the tracked state on the way.
+    fn peek_fresh(&self, live: &mut Live, now: u64) -> Result<Option<StoredFrame>> {
+        loop {
+            if let Some(f) = &live.pending {
+                return Ok(Some(f.clone()));
+            }
+            if live.fresh.position() != live.state.cursor {
+                live.fresh = self.log.reader(live.state.cursor);
+            }
+            let Some(f) = live.fresh.next()? else {
+                return Ok(None);
+            };
+            if f.id < live.state.cursor || live.state.entry(f.id).is_some() {
+                continue;
+            }
+            if f.attrs.priority != 0 || f.attrs.not_before_ms > now {
+                live.state
+                    .set_aside(f.id, f.attrs.priority, f.attrs.not_before_ms, now);
+                live.state.cursor = f.id + 1;
+                continue;
+            }
+            live.pending = Some(f.clone());
+            return Ok(Some(f));
+        }
+    }
+
+    fn reserve_locked(&self, live: &mut Live, lease: u64) -> Result<Option<(Delivery, u64)>> {
+        let now = self.clock.now_ms();
+        live.state.tick(now, self.opts.max_attempts);
+        loop {
+            // The fresh scan may set aside messages into the tracked
+            // state, so it runs first.
+            let fresh = self.peek_fresh(live, now)?;
+            let tracked = live.state.best_ready();
+            let take_tracked = match (&tracked, &fresh) {
+                (Some((0, tid)), Some(f)) => *tid < f.id,
+                (Some(_), Some(_)) => false,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return Ok(None),
+            };
+            let deadline = now.saturating_add(lease);
+            let delivery = if take_tracked {
+                let (priority, id) = tracked.expect("matched Some");
+                let Some(frame) = self.log.read(id)? else {
+                    // Gone from the log (dropped by retention): forget it.
+                    live.state.clamp_one(id);
+                    continue;
+                };
+                let attempt = live.state.reserve_tracked(id, deadline);
+                Delivery {
+                    id,
+                    payload: frame.payload,
+                    attempt,
+                    enqueued_ms: frame.timestamp_ms,
+                    priority,
+                }
+            } else {
+                let frame = live.pending.take().expect("peeked above");
+                live.state.reserve_fresh(frame.id, deadline, 1);
+                Delivery {
+                    id: frame.id,
+                    payload: frame.payload,
+                    attempt: 1,
+                    enqueued_ms: frame.timestamp_ms,
+                    priority: frame.attrs.priority,
+                }
+            };
+            let ticket = self.journal.append(Record::Reserve {
+                id: delivery.id,
+                attempts: delivery.attempt,
+            })?;
+            return Ok(Some((delivery, ticket)));
+        }
+    }
+
+    /// Makes a journal record written or durable as the durability says.
+    fn commit(&self, ticket: u64, settle: bool) -> Result<()> {
+        match (self.durability, settle) {
+            (Durability::Sync, true) => self.journal.wait(ticket, Goal::Durable),
+            (Durability::Sync | Durability::Interval(_), _) => {
+                self.journal.wait(ticket, Goal::Written)
+            }
+            (Durability::Buffered, _) => Ok(()),
+        }
+    }
+
+    fn maybe_checkpoint(&self, live: &mut Live) -> Result<()> {
+        let (_, len) = self.journal.position();
+        if len < self.opts.checkpoint_journal_bytes {
+            return Ok(());
+        }
+        self.checkpoint_locked(live)
+    }
+
+    /// Rotates the journal and writes a checkpoint of the state as of the
+    /// rotation, then removes the old journal.
+    fn checkpoint_locked(&self, live: &mut Live) -> Result<()> {
+        let seq = live.journal_seq + 1;
+        let old = self.journal.rotate(seq)?;
+        live.journal_seq = seq;
+        let path = self.dir.join(CHECKPOINT_FILE);
+        fs::write_atomic(&*self.fs, &path, &checkpoint::encode(seq, &live.state))
+            .ctx("write checkpoint", &path)?;
+        self.fs.remove_file(&old).ctx("remove journal", &old)?;
+        self.fs
+            .sync_dir(&self.dir)
+            .ctx("fsync directory", &self.dir)
+    }
+
+    pub fn reserve(&self, lease: Duration) -> Result<Option<Delivery>> {
+        let lease = lease_ms(lease)?;
+        let mut live = self.lock()?;
+        let Some((d, ticket)) = self.reserve_locked(&mut live, lease)? else {
+            return Ok(None);
+        };
+        self.maybe_checkpoint(&mut live)?;
+        drop(live);
+        self.commit(ticket, false)?;
+        Ok(Some(d))
+    }
+
+    pub fn reserve_batch(&self, n: usize, lease: Duration) -> Result<Vec<Delivery>> {
+        let lease = lease_ms(lease)?;
+        let mut live = self.lock()?;
+        let mut out = Vec::new();
+        let mut last = None;
+        while out.len() < n {
+            match self.reserve_locked(&mut live, lease)? {
+                Some((d, t)) => {
+                    out.push(d);
+                    last = Some(t);
+                }
+                None => break,
+            }
+        }
+        self.maybe_checkpoint(&mut live)?;
+        drop(live);
+        if let Some(t) = last {
+            self.commit(t, false)?;
+        }
+        Ok(out)
+    }
+
+    pub fn reserve_timeout(&self, lease: Duration, wait: Duration) -> Result<Option<Delivery>> {
+        let until = Instant::now() + wait;
+        loop {
+            let generation = *self.wake.generation.lock().expect("wake lock");
+            if let Some(d) = self.reserve(lease)? {
+                return Ok(Some(d));
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(None);
+            }
+            let mut timeout = until - now;
+            if let Some(t) = self.lock()?.state.next_deadline() {
+                let in_ms = t.saturating_sub(self.clock.now_ms());
+                timeout = timeout.min(Duration::from_millis(in_ms.max(1)));
+            }
+            let g = self.wake.generation.lock().expect("wake lock");
+            if *g == generation {
+                drop(self.wake.cv.wait_timeout(g, timeout).expect("wake lock"));
+            }
+        }
+    }
+
+    fn settle(
+        &self,
+        id: u64,
+        op: impl FnOnce(&mut GroupState, u64) -> Result<Record, Refused>,
+        wake: bool,
+    ) -> Result<()> {
+        let mut live = self.lock()?;
+        let now = self.clock.now_ms();
+        let rec = op(&mut live.state, now).map_err(|r| refused(&self.name, id, r))?;
+        let ticket = self.journal.append(rec)?;
+        self.maybe_checkpoint(&mut live)?;
+        drop(live);
+        if wake {
+            self.wake.notify();
+        }
+        self.commit(ticket, true)
+    }
+
+    pub fn ack(&self, id: u64) -> Result<()> {
+        self.settle(id, |s, _| s.ack(id).map(|()| Record::Ack { id }), false)
+    }
+
+    pub fn ack_batch(&self, ids: &[u64]) -> Result<()> {
+        let mut live = self.lock()?;
+        for &id in ids {
+            if !matches!(
+                live.state.entry(id),
+                Some(Entry {
+                    state: EntryState::Reserved(_),
+                    ..
+                })
+            ) {
+                return Err(refused(&self.name, id, Refused::NotReserved));
+            }
+        }
+        let mut ticket = 0;
+        for &id in ids {
+            live.state.ack(id).map_err(|r| refused(&self.name, id, r))?;
+            ticket = self.journal.append(Record::Ack { id })?;
+        }
+        self.maybe_checkpoint(&mut live)?;
+        drop(live);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.commit(ticket, true)
+    }
+
+    pub fn nack(&self, id: u64, delay: Option<Duration>) -> Result<()> {
+        let max = self.opts.max_attempts;
+        let backoff = self.opts.backoff;
+        self.settle(
+            id,
+            |s, now| {
+                let attempts = match s.entry(id) {
+                    Some(e) => e.attempts,
+                    None => return Err(Refused::NotReserved),
+                };
+                let delay_ms = match delay {
+                    Some(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                    None => backoff.delay_ms(id, attempts),
+                };
+                let until = if delay_ms == 0 {
+                    0
+                } else {
+                    now.saturating_add(delay_ms)
+                };
+                s.nack(id, until, now, max)
+                    .map(|()| Record::Nack { id, until })
+            },
+            true,
+        )
+    }
+
+    pub fn touch(&self, id: u64, lease: Duration) -> Result<()> {
+        let lease = lease_ms(lease)?;
+        let mut live = self.lock()?;
+        let now = self.clock.now_ms();
+        live.state
+            .touch(id, now.saturating_add(lease))
+            .map_err(|r| refused(&self.name, id, r))
+    }
+
+    pub fn bury(&self, id: u64) -> Result<()> {
+        self.settle(id, |s, _| s.bury(id).map(|()| Record::Bury { id }), false)
+    }
+
+    pub fn kick_id(&self, id: u64) -> Result<()> {
+        self.settle(id, |s, _| s.kick_id(id).map(|()| Record::Kick { id }), true)
+    }
+
+    pub fn kick(&self, n: usize) -> Result<usize> {
+        let mut live = self.lock()?;
+        let ids = live.state.buried_ids(n);
+        let mut ticket = 0;
+        for &id in &ids {
+            live.state
+                .kick_id(id)
+                .map_err(|r| refused(&self.name, id, r))?;
+            ticket = self.journal.append(Record::Kick { id })?;
+        }
+        self.maybe_checkpoint(&mut live)?;
+        drop(live);
+        if !ids.is_empty() {
+            self.wake.notify();
+            self.commit(ticket, true)?;
+        }
+        Ok(ids.len())
+    }
+
+    fn peeked(&self, id: u64, e: Option<Entry>) -> Result<Option<Peeked>> {
+        let Some(frame) = self.log.read(id)? else {
+            return Ok(None);
+        };
+        let (state, attempts, priority) = match e {
+            Some(e) => (
+                match e.state {
+                    EntryState::Ready => MessageState::Ready,
+                    EntryState::Delayed(t) => MessageState::Delayed(t),
+                    EntryState::Reserved(t) => MessageState::Reserved(t),
+                    EntryState::Buried => MessageState::Buried,
+                },
+                e.attempts,
+                e.priority,
+            ),
+            None => (MessageState::Ready, 0, frame.attrs.priority),
+        };
+        Ok(Some(Peeked {
+            id,
+            payload: frame.payload,
+            state,
+            attempts,
+            priority,
+            enqueued_ms: frame.timestamp_ms,
+        }))
+    }
+
+    pub fn peek(&self, id: u64) -> Result<Option<Peeked>> {
+        let mut live = self.lock()?;
+        let now = self.clock.now_ms();
+        live.state.tick(now, self.opts.max_attempts);
+        if let Some(e) = live.state.entry(id) {
+            return self.peeked(id, Some(e));
+        }
+        if id < live.state.cursor {
+            return Ok(None); // finished
+        }
+        // A fresh message: its own attributes say where it is.
+        let Some(frame) = self.log.read(id)? else {
+            return Ok(None);
+        };
+        let state = if frame.attrs.not_before_ms > now {
+            MessageState::Delayed(frame.attrs.not_before_ms)
+        } else {
+            MessageState::Ready
+        };
+        Ok(Some(Peeked {
+            id,
+            payload: frame.payload,
+            state,
+            attempts: 0,
+            priority: frame.attrs.priority,
+            enqueued_ms: frame.timestamp_ms,
+        }))
+    }
+
+    pub fn peek_ready(&self) -> Result<Option<Peeked>> {
+        let mut live = self.lock()?;
+        let now = self.clock.now_ms();
+        live.state.tick(now, self.opts.max_attempts);
+        let fresh = self.peek_fresh(&mut live, now)?;
+        let tracked = live.state.best_ready();
+        match (tracked, fresh) {
+            (Some((0, tid)), Some(f)) if tid < f.id => self.peeked(tid, live.state.entry(tid)),
+            (_, Some(f)) => self.peeked(f.id, None),
+            (Some((_, tid)), None) => self.peeked(tid, live.state.entry(tid)),
+            (None, None) => Ok(None),
+        }
+    }
+
+    pub fn peek_delayed(&self) -> Result<Option<Peeked>> {
+        let mut live = self.lock()?;
+        let now = self.clock.now_ms();
+        live.state.tick(now, self.opts.max_attempts);
+        match live.state.first_delayed() {
+            Some((_, id)) => self.peeked(id, live.state.entry(id)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn peek_buried(&self) -> Result<Option<Peeked>> {
+        let live = self.lock()?;
+        match live.state.buried_ids(1).first() {
+            Some(&id) => self.peeked(id, live.state.entry(id)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn stats(&self) -> Result<GroupStats> {
+        let mut live = self.lock()?;
+        let now = self.clock.now_ms();
+        live.state.tick(now, self.opts.max_attempts);
+        let (ready, reserved, delayed, buried) = live.state.counts();
+        let next_id = self.log.next_id();
+        let unscanned = next_id.saturating_sub(live.state.cursor);
+        let oldest = match self.peek_fresh(&mut live, now)? {
+            Some(f) => Some(f.timestamp_ms),
+            None => None,
+        };
+        let oldest_tracked = live
+            .state
+            .best_ready()
+            .and_then(|(_, id)| self.log.read(id).ok().flatten())
+            .map(|f| f.timestamp_ms);
+        let oldest = match (oldest, oldest_tracked) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(GroupStats {
+            ready: ready as u64 + unscanned,
+            reserved: reserved as u64,
+            delayed: delayed as u64,
+            buried: buried as u64,
+            pushed_total: next_id.saturating_sub(1),
+            acked_total: live.state.acked_total,
+            dead_lettered_total: live.state.dead_lettered_total,
+            oldest_ready_age_ms: oldest.map_or(0, |t| now.saturating_sub(t)),
+            bytes_on_disk: self.log.bytes_on_disk()?,
+        })
+    }
+
+    /// Syncs the journal and writes a final checkpoint.
+    pub fn close(&self) -> Result<()> {
+        let mut live = self.live.lock().expect("group lock");
+        if live.closed {
+            return Ok(());
+        }
+        live.closed = true;
+        self.journal.sync()?;
+        self.checkpoint_locked(&mut live)
+    }
+}
+
+/// Applies one journal record during recovery. Returns false when the
+/// record refers past the end of the log (discarded, never applied).
+fn replay_record(
+    state: &mut GroupState,
+    rec: Record,
+    log: &Arc<Log>,
+    log_end: u64,
+    now: u64,
+    max: u32,
+) -> Result<bool> {
+    let id = match rec {
+        Record::Reserve { id, .. }
+        | Record::Ack { id }
+        | Record::Nack { id, .. }
+        | Record::Bury { id }
+        | Record::Kick { id } => id,
+    };
+    if id >= log_end {
+        return Ok(false);
+    }
+    // A live lease may have expired (and been re-reserved) without a
+    // record: treat the entry as reserved for the record that settles it.
+    let force_reserved = |state: &mut GroupState| -> bool {
+        match state.entry(id) {
+            Some(mut e) => {
+                e.state = EntryState::Reserved(0);
+                state.set(id, e);
+                true
+            }
+            None => false,
+        }
+    };
+    match rec {
+        Record::Reserve { attempts, .. } => {
+            if id >= state.cursor {
+                // The live fresh scan set aside messages with a priority or
+                // a delay on its way here; do the same.
+                let mut reader = log.reader(state.cursor);
+                while let Some(f) = reader.next()? {
+                    if f.id >= id {
+                        break;
+                    }
+                    if state.entry(f.id).is_none() {
+                        state.set_aside(f.id, f.attrs.priority, f.attrs.not_before_ms, now);
+                    }
+                }
+                state.reserve_fresh(id, 0, attempts);
+            } else if force_reserved(state) {
+                state.set_attempts(id, attempts);
+            }
+        }
+        Record::Ack { .. } => {
+            if force_reserved(state) {
+                let _ = state.ack(id);
+            }
+        }
+        Record::Nack { until, .. } => {
+            if force_reserved(state) {
+                let _ = state.nack(id, until, 0, max);
+            }
+        }
+        Record::Bury { .. } => {
+            if force_reserved(state) {
+                let _ = state.bury(id);
+            }
+        }
+        Record::Kick { .. } => {
+            if let Some(mut e) = state.entry(id) {
+                if matches!(e.state, EntryState::Reserved(_)) {
+                    e.state = EntryState::Buried;
+                    state.set(id, e);
+                }
+                let _ = state.kick_id(id);
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn remove_journals_below(fs: &dyn Fs, dir: &Path, journals: &[u64], seq: u64) -> Result<()> {
+    let mut removed = false;
+    for &s in journals.iter().filter(|&&s| s < seq) {
+        let p = dir.join(journal::file_name(s));
+        fs.remove_file(&p).ctx("remove journal", &p)?;
+        removed = true;
+    }
+    if removed {
+        fs.sync_dir(dir).ctx("fsync directory", dir)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters_within_bounds() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+            jitter_percent: 0,
+        };
+        assert_eq!(b.delay_ms(1, 1), 100);
+        assert_eq!(b.delay_ms(1, 2), 200);
+        assert_eq!(b.delay_ms(1, 3), 400);
+        assert_eq!(b.delay_ms(1, 10), 1000);
+        let j = Backoff {
+            jitter_percent: 20,
+            ..b
+        };
+        for id in 0..200 {
+            let d = j.delay_ms(id, 2);
+            assert!((160..=240).contains(&d), "{d}");
+        }
+        assert!(
+            (0..200)
+                .map(|id| j.delay_ms(id, 2))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                > 10
+        );
+    }
+
+    #[test]
+    fn lease_bounds() {
+        assert!(matches!(
+            lease_ms(Duration::ZERO),
+            Err(Error::InvalidLease { .. })
+        ));
+        assert!(matches!(
+            lease_ms(LEASE_MAX + Duration::from_secs(1)),
+            Err(Error::InvalidLease { .. })
+        ));
+        assert_eq!(lease_ms(Duration::from_millis(1500)).unwrap(), 1500);
+    }
+}
