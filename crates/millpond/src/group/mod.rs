@@ -334,7 +334,7 @@ impl GroupInner {
         remove_journals_below(&*fs, &dir, &journals, seq)?;
         report.duration = started.elapsed();
         let fresh = log.reader(state.cursor);
-        Ok(Arc::new(GroupInner {
+        let group = Arc::new(GroupInner {
             name: name.to_owned(),
             dir,
             durability: log.opts.durability,
@@ -352,7 +352,15 @@ impl GroupInner {
             journal,
             wake,
             recovery: report,
-        }))
+        });
+        if let Durability::Interval(every) = group.durability {
+            let weak = Arc::downgrade(&group);
+            std::thread::Builder::new()
+                .name(format!("millpond-journal-{name}"))
+                .spawn(move || journal_timer(&weak, every))
+                .map_err(|e| Error::io("spawn journal timer for", &group.dir, e))?;
+        }
+        Ok(group)
     }
 
     pub fn recovery(&self) -> &GroupRecovery {
@@ -778,6 +786,20 @@ impl GroupInner {
     }
 }
 
+/// Under `Interval`, fsyncs the journal at least every `every` until the
+/// group closes or is dropped. A failure poisons the journal; settles
+/// report it.
+fn journal_timer(group: &std::sync::Weak<GroupInner>, every: Duration) {
+    loop {
+        std::thread::sleep(every);
+        let Some(g) = group.upgrade() else { return };
+        if g.live.lock().expect("group lock").closed {
+            return;
+        }
+        let _ = g.journal.sync();
+    }
+}
+
 /// Applies one journal record during recovery. Returns false when the
 /// record refers past the end of the log (discarded, never applied).
 fn replay_record(
@@ -812,7 +834,7 @@ fn replay_record(
     };
     match rec {
         Record::Reserve { attempts, .. } => {
-            if id >= state.cursor {
+            if id > state.cursor {
                 // The live fresh scan set aside messages with a priority or
                 // a delay on its way here; do the same.
                 let mut reader = log.reader(state.cursor);
@@ -824,6 +846,9 @@ fn replay_record(
                         state.set_aside(f.id, f.attrs.priority, f.attrs.not_before_ms, now);
                     }
                 }
+                state.reserve_fresh(id, 0, attempts);
+            } else if id == state.cursor && state.entry(id).is_none() {
+                // The common case, FIFO consumption: nothing to scan.
                 state.reserve_fresh(id, 0, attempts);
             } else if force_reserved(state) {
                 state.set_attempts(id, attempts);

@@ -193,12 +193,15 @@ impl LogReader {
                 let Some(seg) = self.log.segment_for(self.next_id) else {
                     return Ok(None);
                 };
-                self.cursor = Some(seg.cursor(
-                    &*self.log.fs,
-                    self.next_id,
-                    self.log.opts.message_bytes_max,
-                    self.log.opts.index_interval,
-                )?);
+                self.cursor = Some(
+                    seg.cursor(
+                        &*self.log.fs,
+                        self.next_id,
+                        self.log.opts.message_bytes_max,
+                        self.log.opts.index_interval,
+                    )?
+                    .sequential(),
+                );
             }
             let cursor = self.cursor.as_mut().expect("set above");
             match cursor.next_frame()? {

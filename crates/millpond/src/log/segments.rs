@@ -250,6 +250,7 @@ impl SegmentFile {
             buf: Vec::new(),
             buf_start: 0,
             payload_len_max,
+            chunk: READ_CHUNK_SMALL,
         })
     }
 }
@@ -282,11 +283,21 @@ pub(crate) struct Cursor {
     buf: Vec<u8>,
     buf_start: u64,
     payload_len_max: u32,
+    /// Bytes read ahead per `pread`: small for point reads, large for
+    /// sequential ones.
+    chunk: usize,
 }
 
+const READ_CHUNK_SMALL: usize = 16 << 10;
 const READ_CHUNK: usize = 256 << 10;
 
 impl Cursor {
+    /// Reads ahead in large chunks, for sequential reading.
+    pub fn sequential(mut self) -> Cursor {
+        self.chunk = READ_CHUNK;
+        self
+    }
+
     /// The next frame, `Ok(None)` at the end of the readable bytes, or a
     /// corruption error for bad bytes (the cursor then moves past them, so
     /// the next call returns the valid frames after the damage).
@@ -364,7 +375,7 @@ impl Cursor {
         if pos >= self.buf_start && pos + need as u64 <= have_end {
             return Ok(());
         }
-        let want = (len - pos).min(need.max(READ_CHUNK) as u64) as usize;
+        let want = (len - pos).min(need.max(self.chunk) as u64) as usize;
         self.buf.resize(want, 0);
         let file = self.seg.file().expect("active segment is open");
         file.read_exact_at(&mut self.buf, pos)
