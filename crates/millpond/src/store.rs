@@ -124,8 +124,7 @@ impl Store {
         options.validate()?;
         let path = path.as_ref().to_owned();
         let fs = options.fs.clone();
-        fs.create_dir_all(&path)
-            .ctx("create store directory", &path)?;
+        fs::create_dir_durable(&*fs, &path).ctx("create store directory", &path)?;
         let lock_path = path.join(LOCK_FILE);
         let lock = fs
             .try_lock(&lock_path)

@@ -196,3 +196,25 @@ pub(crate) fn write_atomic(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> io::Result
     fs.rename(&tmp, path)?;
     fs.sync_dir(parent_dir(path))
 }
+
+/// Creates `dir` and any missing parents, fsyncing the parent of each
+/// directory it creates so that the new entries survive a power cut.
+pub(crate) fn create_dir_durable(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = dir;
+    while !fs.exists(p)? {
+        missing.push(p);
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+            _ => break,
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs.create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        fs.sync_dir(parent_dir(created))?;
+    }
+    Ok(())
+}

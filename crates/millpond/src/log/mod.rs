@@ -193,15 +193,24 @@ impl LogReader {
                 let Some(seg) = self.log.segment_for(self.next_id) else {
                     return Ok(None);
                 };
-                self.cursor = Some(
-                    seg.cursor(
-                        &*self.log.fs,
-                        self.next_id,
-                        self.log.opts.message_bytes_max,
-                        self.log.opts.index_interval,
-                    )?
-                    .sequential(),
-                );
+                match seg.cursor(
+                    &*self.log.fs,
+                    self.next_id,
+                    self.log.opts.message_bytes_max,
+                    self.log.opts.index_interval,
+                ) {
+                    Ok(c) => self.cursor = Some(c.sequential()),
+                    Err(e) => {
+                        // An unreadable segment is reported once; reading
+                        // goes on with the next one.
+                        if let Some(next) = self.log.segment_after(seg.first_id) {
+                            self.next_id = self.next_id.max(next.first_id);
+                        } else {
+                            self.next_id = limit;
+                        }
+                        return Err(e);
+                    }
+                }
             }
             let cursor = self.cursor.as_mut().expect("set above");
             match cursor.next_frame()? {
