@@ -15,7 +15,9 @@ fn fifo_reserve_ack_and_nothing_acked_returns_after_reopen() {
         let store = Store::open(&place.path, place.options.clone()).unwrap();
         let q = store.queue("jobs").unwrap();
         let g = q.group("default").unwrap();
-        let ids: Vec<u64> = (0..10).map(|i| q.push(format!("job {i}")).unwrap()).collect();
+        let ids: Vec<u64> = (0..10)
+            .map(|i| q.push(format!("job {i}")).unwrap())
+            .collect();
         for (i, id) in ids.iter().enumerate().take(6) {
             let d = g.reserve(LEASE).unwrap().expect("ready");
             assert_eq!(d.id, *id);
@@ -42,7 +44,15 @@ fn fifo_reserve_ack_and_nothing_acked_returns_after_reopen() {
         }
         assert_eq!(
             got,
-            vec![(ids[1], 2), (ids[3], 2), (ids[5], 2), (ids[6], 1), (ids[7], 1), (ids[8], 1), (ids[9], 1)]
+            vec![
+                (ids[1], 2),
+                (ids[3], 2),
+                (ids[5], 2),
+                (ids[6], 1),
+                (ids[7], 1),
+                (ids[8], 1),
+                (ids[9], 1)
+            ]
         );
         assert_eq!(g.stats().unwrap().acked_total, 10);
     });
@@ -66,7 +76,15 @@ fn fan_out_every_group_sees_every_message_once() {
             }
             assert_eq!(seen, (0..50).collect::<Vec<_>>());
         }
-        let tail = q.group_with("late", GroupOptions { start: StartAt::Tail, ..GroupOptions::default() }).unwrap();
+        let tail = q
+            .group_with(
+                "late",
+                GroupOptions {
+                    start: StartAt::Tail,
+                    ..GroupOptions::default()
+                },
+            )
+            .unwrap();
         assert!(tail.reserve(LEASE).unwrap().is_none());
         let id = q.push(b"new").unwrap();
         assert_eq!(tail.reserve(LEASE).unwrap().unwrap().id, id);
@@ -82,20 +100,55 @@ fn priority_delay_lease_expiry_nack_bury_kick() {
         let store = Store::open(&place.path, options).unwrap();
         let q = store.queue("q").unwrap();
         let g = q
-            .group_with("g", GroupOptions { max_attempts: 2, ..GroupOptions::default() })
+            .group_with(
+                "g",
+                GroupOptions {
+                    max_attempts: 2,
+                    ..GroupOptions::default()
+                },
+            )
             .unwrap();
-        let low = q.push_with(b"low", PushOptions { priority: 5, delay: Duration::ZERO }).unwrap();
-        let late = q.push_with(b"late", PushOptions { priority: 0, delay: Duration::from_secs(10) }).unwrap();
+        let low = q
+            .push_with(
+                b"low",
+                PushOptions {
+                    priority: 5,
+                    delay: Duration::ZERO,
+                },
+            )
+            .unwrap();
+        let late = q
+            .push_with(
+                b"late",
+                PushOptions {
+                    priority: 0,
+                    delay: Duration::from_secs(10),
+                },
+            )
+            .unwrap();
         let plain = q.push(b"plain").unwrap();
-        let urgent = q.push_with(b"urgent", PushOptions { priority: 1, delay: Duration::ZERO }).unwrap();
+        let urgent = q
+            .push_with(
+                b"urgent",
+                PushOptions {
+                    priority: 1,
+                    delay: Duration::ZERO,
+                },
+            )
+            .unwrap();
 
         // (priority, id): plain (0) first, then urgent (1), then low (5).
         assert_eq!(g.peek_ready().unwrap().unwrap().id, plain);
-        let order: Vec<u64> = (0..3).map(|_| g.reserve(LEASE).unwrap().unwrap().id).collect();
+        let order: Vec<u64> = (0..3)
+            .map(|_| g.reserve(LEASE).unwrap().unwrap().id)
+            .collect();
         assert_eq!(order, vec![plain, urgent, low]);
         assert!(g.reserve(LEASE).unwrap().is_none(), "late is delayed");
         let delayed = g.peek_delayed().unwrap().unwrap();
-        assert_eq!((delayed.id, delayed.state), (late, MessageState::Delayed(1_010_000)));
+        assert_eq!(
+            (delayed.id, delayed.state),
+            (late, MessageState::Delayed(1_010_000))
+        );
         clock.advance(10_000);
         assert_eq!(g.reserve(LEASE).unwrap().unwrap().id, late);
 
@@ -134,14 +187,31 @@ fn settling_foreign_or_unknown_ids_is_a_specific_error() {
         let id = q.push(b"x").unwrap();
         let d = a.reserve(LEASE).unwrap().unwrap();
         assert_eq!(d.id, id);
-        assert!(matches!(b.ack(id), Err(Error::NotReserved { ref group, id: i }) if group == "b" && i == id));
-        assert!(matches!(a.ack(999), Err(Error::NotReserved { id: 999, .. })));
+        assert!(
+            matches!(b.ack(id), Err(Error::NotReserved { ref group, id: i }) if group == "b" && i == id)
+        );
+        assert!(matches!(
+            a.ack(999),
+            Err(Error::NotReserved { id: 999, .. })
+        ));
         assert!(matches!(a.kick_id(id), Err(Error::NotBuried { .. })));
         a.ack(id).unwrap();
-        assert!(matches!(a.ack(id), Err(Error::NotReserved { .. })), "double ack");
-        assert!(matches!(a.reserve(Duration::ZERO), Err(Error::InvalidLease { .. })));
-        assert!(matches!(a.reserve(Duration::from_secs(40 * 24 * 3600)), Err(Error::InvalidLease { .. })));
-        assert!(matches!(q.group("bad/name"), Err(Error::InvalidName { .. })));
+        assert!(
+            matches!(a.ack(id), Err(Error::NotReserved { .. })),
+            "double ack"
+        );
+        assert!(matches!(
+            a.reserve(Duration::ZERO),
+            Err(Error::InvalidLease { .. })
+        ));
+        assert!(matches!(
+            a.reserve(Duration::from_secs(40 * 24 * 3600)),
+            Err(Error::InvalidLease { .. })
+        ));
+        assert!(matches!(
+            q.group("bad/name"),
+            Err(Error::InvalidName { .. })
+        ));
         assert!(matches!(q.group(".."), Err(Error::InvalidName { .. })));
     });
 }
@@ -153,14 +223,21 @@ fn reserve_timeout_is_woken_by_a_push() {
     let q = store.queue("q").unwrap();
     let g = q.group("default").unwrap();
     let started = std::time::Instant::now();
-    assert!(g.reserve_timeout(LEASE, Duration::from_millis(50)).unwrap().is_none());
+    assert!(
+        g.reserve_timeout(LEASE, Duration::from_millis(50))
+            .unwrap()
+            .is_none()
+    );
     assert!(started.elapsed() >= Duration::from_millis(50));
     let q2 = q.clone();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
         q2.push(b"wake").unwrap()
     });
-    let d = g.reserve_timeout(LEASE, Duration::from_secs(20)).unwrap().expect("woken");
+    let d = g
+        .reserve_timeout(LEASE, Duration::from_secs(20))
+        .unwrap()
+        .expect("woken");
     assert_eq!(d.id, t.join().unwrap());
     assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -8,6 +8,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::fs::{Fs, RealFs};
 
+/// The largest `message_bytes_max` accepted, and the length limit every
+/// frame decoder applies (256 MiB).
+pub const MESSAGE_BYTES_LIMIT: u32 = 256 << 20;
+
 /// When a push (and later an ack) counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -26,7 +30,8 @@ pub enum Durability {
     /// Messages are gathered in user space and written in large chunks;
     /// fsync happens on [`Queue::flush`](crate::Queue::flush), when a
     /// segment is sealed, and on clean close. Loss window: a process crash
-    /// loses what was not yet written (at most `write_buffer_bytes`); a power
+    /// loses what was not yet written (up to four times `write_buffer_bytes`
+    /// while a write is in progress); a power
     /// cut loses everything since the last flush.
     Buffered,
 }

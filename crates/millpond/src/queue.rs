@@ -51,16 +51,19 @@ impl QueueShared {
             Err(e) => return Err(Error::io("list", &groups_dir, e)),
         };
         for g in names.iter().filter(|n| validate_name(n).is_ok()) {
-            shared.group(g, GroupOptions::default())?;
+            shared.group(g, None)?;
         }
-        shared.group(DEFAULT_GROUP, GroupOptions::default())?;
+        shared.group(DEFAULT_GROUP, None)?;
         Ok(shared)
     }
 
-    fn group(&self, name: &str, options: GroupOptions) -> Result<Arc<GroupInner>> {
+    fn group(&self, name: &str, options: Option<GroupOptions>) -> Result<Arc<GroupInner>> {
         validate_name(name)?;
         let mut groups = self.groups.lock().expect("groups lock");
         if let Some(g) = groups.get(name) {
+            if let Some(options) = options {
+                g.apply_options(options);
+            }
             return Ok(g.clone());
         }
         let dir = self.log.dir.join(GROUPS_DIR).join(name);
@@ -69,7 +72,7 @@ impl QueueShared {
             dir,
             self.log.clone(),
             self.clock.clone(),
-            options,
+            options.unwrap_or_default(),
             self.wake.clone(),
         )?;
         groups.insert(name.to_owned(), g.clone());
@@ -184,14 +187,16 @@ impl Queue {
         self.group_with(name, GroupOptions::default())
     }
 
-    /// Opens or creates the group `name`. `options` apply when this call
-    /// opens it; a group already open keeps the options it has.
+    /// Opens or creates the group `name` with `options`. Options are not
+    /// stored on disk: the store recovers every group with the defaults
+    /// when it opens, and this call replaces them (dead-lettering ready
+    /// messages already out of attempts under the new `max_attempts`).
     ///
     /// # Errors
     ///
     /// As [`Queue::group`].
     pub fn group_with(&self, name: &str, options: GroupOptions) -> Result<Group> {
-        let inner = self.shared.group(name, options)?;
+        let inner = self.shared.group(name, Some(options))?;
         Ok(Group {
             inner,
             _queue: self.clone(),

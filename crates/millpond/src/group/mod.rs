@@ -215,7 +215,6 @@ pub(crate) struct GroupInner {
     fs: Arc<dyn Fs>,
     clock: Arc<dyn Clock>,
     durability: Durability,
-    opts: GroupOptions,
     live: Mutex<Live>,
     journal: Journal,
     wake: Arc<Wake>,
@@ -225,6 +224,7 @@ pub(crate) struct GroupInner {
 #[derive(Debug)]
 struct Live {
     state: GroupState,
+    opts: GroupOptions,
     fresh: LogReader,
     /// The first fresh message, read ahead but not yet reserved.
     pending: Option<StoredFrame>,
@@ -341,9 +341,9 @@ impl GroupInner {
             fs,
             log,
             clock,
-            opts,
             live: Mutex::new(Live {
                 state,
+                opts,
                 fresh,
                 pending: None,
                 journal_seq: seq,
@@ -365,6 +365,19 @@ impl GroupInner {
 
     pub fn recovery(&self) -> &GroupRecovery {
         &self.recovery
+    }
+
+    /// Applies options given by a caller to a group that was opened with
+    /// other ones (every group on disk is recovered when the store opens,
+    /// with default options). Ready messages already out of attempts under
+    /// the new limit are dead-lettered.
+    pub fn apply_options(&self, opts: GroupOptions) {
+        let mut live = self.live.lock().expect("group lock");
+        if live.opts == opts {
+            return;
+        }
+        live.opts = opts;
+        live.state.bury_exhausted(opts.max_attempts);
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Live>> {
@@ -404,7 +417,8 @@ impl GroupInner {
 
     fn reserve_locked(&self, live: &mut Live, lease: u64) -> Result<Option<(Delivery, u64)>> {
         let now = self.clock.now_ms();
-        live.state.tick(now, self.opts.max_attempts);
+        let max = live.opts.max_attempts;
+        live.state.tick(now, max);
         loop {
             // The fresh scan may set aside messages into the tracked
             // state, so it runs first.
@@ -465,7 +479,7 @@ impl GroupInner {
 
     fn maybe_checkpoint(&self, live: &mut Live) -> Result<()> {
         let (_, len) = self.journal.position();
-        if len < self.opts.checkpoint_journal_bytes {
+        if len < live.opts.checkpoint_journal_bytes {
             return Ok(());
         }
         self.checkpoint_locked(live)
@@ -546,12 +560,13 @@ impl GroupInner {
     fn settle(
         &self,
         id: u64,
-        op: impl FnOnce(&mut GroupState, u64) -> Result<Record, Refused>,
+        op: impl FnOnce(&mut GroupState, &GroupOptions, u64) -> Result<Record, Refused>,
         wake: bool,
     ) -> Result<()> {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
-        let rec = op(&mut live.state, now).map_err(|r| refused(&self.name, id, r))?;
+        let opts = live.opts;
+        let rec = op(&mut live.state, &opts, now).map_err(|r| refused(&self.name, id, r))?;
         let ticket = self.journal.append(rec)?;
         self.maybe_checkpoint(&mut live)?;
         drop(live);
@@ -562,7 +577,7 @@ impl GroupInner {
     }
 
     pub fn ack(&self, id: u64) -> Result<()> {
-        self.settle(id, |s, _| s.ack(id).map(|()| Record::Ack { id }), false)
+        self.settle(id, |s, _, _| s.ack(id).map(|()| Record::Ack { id }), false)
     }
 
     pub fn ack_batch(&self, ids: &[u64]) -> Result<()> {
@@ -592,11 +607,10 @@ impl GroupInner {
     }
 
     pub fn nack(&self, id: u64, delay: Option<Duration>) -> Result<()> {
-        let max = self.opts.max_attempts;
-        let backoff = self.opts.backoff;
         self.settle(
             id,
-            |s, now| {
+            |s, opts, now| {
+                let (max, backoff) = (opts.max_attempts, opts.backoff);
                 let attempts = match s.entry(id) {
                     Some(e) => e.attempts,
                     None => return Err(Refused::NotReserved),
@@ -627,11 +641,19 @@ impl GroupInner {
     }
 
     pub fn bury(&self, id: u64) -> Result<()> {
-        self.settle(id, |s, _| s.bury(id).map(|()| Record::Bury { id }), false)
+        self.settle(
+            id,
+            |s, _, _| s.bury(id).map(|()| Record::Bury { id }),
+            false,
+        )
     }
 
     pub fn kick_id(&self, id: u64) -> Result<()> {
-        self.settle(id, |s, _| s.kick_id(id).map(|()| Record::Kick { id }), true)
+        self.settle(
+            id,
+            |s, _, _| s.kick_id(id).map(|()| Record::Kick { id }),
+            true,
+        )
     }
 
     pub fn kick(&self, n: usize) -> Result<usize> {
@@ -683,7 +705,8 @@ impl GroupInner {
     pub fn peek(&self, id: u64) -> Result<Option<Peeked>> {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
-        live.state.tick(now, self.opts.max_attempts);
+        let max = live.opts.max_attempts;
+        live.state.tick(now, max);
         if let Some(e) = live.state.entry(id) {
             return self.peeked(id, Some(e));
         }
@@ -712,7 +735,8 @@ impl GroupInner {
     pub fn peek_ready(&self) -> Result<Option<Peeked>> {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
-        live.state.tick(now, self.opts.max_attempts);
+        let max = live.opts.max_attempts;
+        live.state.tick(now, max);
         let fresh = self.peek_fresh(&mut live, now)?;
         let tracked = live.state.best_ready();
         match (tracked, fresh) {
@@ -726,7 +750,8 @@ impl GroupInner {
     pub fn peek_delayed(&self) -> Result<Option<Peeked>> {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
-        live.state.tick(now, self.opts.max_attempts);
+        let max = live.opts.max_attempts;
+        live.state.tick(now, max);
         match live.state.first_delayed() {
             Some((_, id)) => self.peeked(id, live.state.entry(id)),
             None => Ok(None),
@@ -744,7 +769,8 @@ impl GroupInner {
     pub fn stats(&self) -> Result<GroupStats> {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
-        live.state.tick(now, self.opts.max_attempts);
+        let max = live.opts.max_attempts;
+        live.state.tick(now, max);
         let (ready, reserved, delayed, buried) = live.state.counts();
         let next_id = self.log.next_id();
         let unscanned = next_id.saturating_sub(live.state.cursor);

@@ -180,6 +180,22 @@ impl GroupState {
         self.set(id, e);
     }
 
+    /// Buries ready messages that have had `max_attempts` deliveries.
+    pub fn bury_exhausted(&mut self, max_attempts: u32) {
+        let ids: Vec<u64> = self
+            .ready
+            .iter()
+            .map(|&(_, id)| id)
+            .filter(|id| self.entries[id].attempts >= max_attempts)
+            .collect();
+        for id in ids {
+            let mut e = self.entries[&id];
+            e.state = EntryState::Buried;
+            self.set(id, e);
+            self.dead_lettered_total += 1;
+        }
+    }
+
     /// Every live lease becomes a lost lease (recovery after a crash).
     pub fn release_all_leases(&mut self, max_attempts: u32) {
         let ids: Vec<u64> = self.leases.iter().map(|&(_, id)| id).collect();

@@ -94,6 +94,14 @@ pub fn decode(bytes: &[u8]) -> Result<IndexMeta, IndexError> {
     if bytes[..8] != MAGIC {
         return Err(IndexError::Invalid("bad magic"));
     }
+    // The checksum comes first: a damaged version field must make the
+    // index rebuildable, not the queue unopenable.
+    let mut h = crc32fast::Hasher::new();
+    h.update(&bytes[..OFF_CRC]);
+    h.update(&bytes[HEADER_LEN..]);
+    if h.finalize() != u32_at(bytes, OFF_CRC) {
+        return Err(IndexError::Invalid("checksum mismatch"));
+    }
     let version = u32_at(bytes, 8);
     if version > VERSION {
         return Err(IndexError::Version(version));
@@ -101,12 +109,6 @@ pub fn decode(bytes: &[u8]) -> Result<IndexMeta, IndexError> {
     let count = u32_at(bytes, 12) as usize;
     if bytes.len() != HEADER_LEN + count * ENTRY_LEN {
         return Err(IndexError::Invalid("length does not match entry count"));
-    }
-    let mut h = crc32fast::Hasher::new();
-    h.update(&bytes[..OFF_CRC]);
-    h.update(&bytes[HEADER_LEN..]);
-    if h.finalize() != u32_at(bytes, OFF_CRC) {
-        return Err(IndexError::Invalid("checksum mismatch"));
     }
     let meta = IndexMeta {
         first_id: u64_at(bytes, 16),
@@ -223,6 +225,16 @@ mod tests {
         );
         let mut bytes = encode(&meta, &[(1, 32)]);
         bytes[8] = 2;
+        assert_eq!(
+            decode(&bytes),
+            Err(IndexError::Invalid("checksum mismatch")),
+            "a flipped version is damage, so the index is rebuilt"
+        );
+        let mut h = crc32fast::Hasher::new();
+        h.update(&bytes[..OFF_CRC]);
+        h.update(&bytes[HEADER_LEN..]);
+        let crc = h.finalize();
+        bytes[OFF_CRC..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode(&bytes), Err(IndexError::Version(2)));
         let bad_order = encode(&meta, &[(2, 60), (1, 32)]);
         assert_eq!(

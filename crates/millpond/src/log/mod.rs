@@ -27,7 +27,12 @@ pub(crate) use writer::now_ms;
 pub(crate) struct LogOptions {
     pub durability: Durability,
     pub segment_bytes_max: u64,
+    /// Largest payload a push may have.
     pub message_bytes_max: u32,
+    /// Largest payload length a decoder accepts: the absolute limit, not the
+    /// configured one, so reopening with a smaller `message_bytes_max` never
+    /// mistakes durable frames for damage.
+    pub frame_payload_max: u32,
     pub index_interval: u64,
     pub write_buffer_bytes: usize,
     pub recovery_mode: crate::RecoveryMode,
@@ -40,6 +45,7 @@ impl From<&Options> for LogOptions {
             durability: o.durability,
             segment_bytes_max: o.segment_bytes_max,
             message_bytes_max: o.message_bytes_max,
+            frame_payload_max: crate::options::MESSAGE_BYTES_LIMIT,
             index_interval: u64::from(o.index_interval_bytes),
             write_buffer_bytes: o.write_buffer_bytes,
             recovery_mode: o.recovery_mode,
@@ -106,7 +112,7 @@ impl Log {
         let mut cursor = seg.cursor(
             &*self.fs,
             id,
-            self.opts.message_bytes_max,
+            self.opts.frame_payload_max,
             self.opts.index_interval,
         )?;
         let mut damage = None;
@@ -144,7 +150,7 @@ impl Log {
             total += s
                 .extent(
                     &*self.fs,
-                    self.opts.message_bytes_max,
+                    self.opts.frame_payload_max,
                     self.opts.index_interval,
                 )?
                 .0;
@@ -196,7 +202,7 @@ impl LogReader {
                 match seg.cursor(
                     &*self.log.fs,
                     self.next_id,
-                    self.log.opts.message_bytes_max,
+                    self.log.opts.frame_payload_max,
                     self.log.opts.index_interval,
                 ) {
                     Ok(c) => self.cursor = Some(c.sequential()),

@@ -236,9 +236,18 @@ fn recover_tail(
             next_id,
             entries.last().map(|e: &(u64, u64)| e.1),
             opts.index_interval,
-            opts.message_bytes_max,
+            opts.frame_payload_max,
         );
         drop(map);
+        if let Some((offset, flags)) = s.newer {
+            return Err(Error::corruption(
+                &path,
+                offset,
+                format!(
+                    "frame flags {flags:#x} are unknown to this version: written by a newer millpond? Nothing was changed"
+                ),
+            ));
+        }
         report.segments_scanned += 1;
         report.bytes_scanned += file_len - start;
         if let Some(d) = s.damage.first()

@@ -136,6 +136,9 @@ pub struct Scan {
     pub damage: Vec<Damage>,
     /// The bad or incomplete bytes at the end, if any: (offset, len, what).
     pub torn: Option<(u64, u64, String)>,
+    /// A frame with a valid checksum but flags unknown to this version
+    /// (written by a newer millpond): (offset, flags). The scan stops there.
+    pub newer: Option<(u64, u32)>,
 }
 
 /// Scans `bytes` (a whole segment file) from `start`, where the next id is
@@ -167,6 +170,10 @@ pub fn scan(
                 s.frames += 1;
                 pos += f.len;
                 s.end = pos as u64;
+            }
+            Decoded::Bad(frame::Bad::Flags(flags)) => {
+                s.newer = Some((pos as u64, flags));
+                break;
             }
             other => {
                 let detail = match other {

@@ -369,13 +369,20 @@ impl Log {
     /// Flushes, fsyncs and writes the active segment's index so the next
     /// open needs no scan. Later writes fail with [`Error::Closed`].
     pub fn close(&self) -> Result<()> {
-        let flushed = self.flush();
+        // Refuse new pushes first, so none can write after the flush below
+        // (and after the store lock is released).
         let mut st = self.state.lock().expect("writer lock");
         let was_closed = std::mem::replace(&mut st.closed, true);
-        let poisoned = st.poisoned.is_some();
         drop(st);
         self.timer_wake.notify_all();
-        if was_closed || poisoned {
+        let flushed = self.flush();
+        let mut st = self.state.lock().expect("writer lock");
+        while st.flushing {
+            st = self.flushed.wait(st).expect("writer lock");
+        }
+        let clean = st.poisoned.is_none() && st.durable_next_id >= st.next_id;
+        drop(st);
+        if was_closed || !clean {
             return flushed;
         }
         flushed?;

@@ -1,0 +1,68 @@
+//! Named regressions for bugs found in review of the log.
+
+use std::fs;
+
+use millpond::{Options, Store};
+use millpond_suite::payload;
+
+/// Reopening with a smaller `message_bytes_max` once treated durable frames
+/// above the new limit as a torn tail and truncated them.
+#[test]
+fn reopen_with_smaller_message_limit_keeps_durable_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let q = store.queue("q").unwrap();
+    for i in 0..3 {
+        q.push(payload(i, 1000)).unwrap();
+    }
+    drop(q);
+    store.close().unwrap();
+    drop(store);
+    // Force a scan of the tail on open.
+    let qdir = dir.path().join("queues/q");
+    fs::remove_file(qdir.join("00000000000000000001.idx")).unwrap();
+    let store = Store::open(dir.path(), Options::default().message_bytes_max(500)).unwrap();
+    assert!(
+        store.recovery_report().is_clean(),
+        "{:?}",
+        store.recovery_report()
+    );
+    let q = store.queue("q").unwrap();
+    for i in 0..3u64 {
+        assert_eq!(q.read(i + 1).unwrap().unwrap().payload, payload(i, 1000));
+    }
+    assert!(matches!(
+        q.push(payload(9, 501)),
+        Err(millpond::Error::MessageTooLarge {
+            size: 501,
+            max: 500
+        })
+    ));
+}
+
+/// A bit flip in an index file's version field once made the queue
+/// unopenable (`UnsupportedVersion`) instead of rebuilding the derived file.
+#[test]
+fn damaged_index_version_is_rebuilt_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default().segment_bytes_max(4096);
+    let store = Store::open(dir.path(), options.clone()).unwrap();
+    let q = store.queue("q").unwrap();
+    for i in 0..100 {
+        q.push(payload(i, 100)).unwrap();
+    }
+    drop(q);
+    store.close().unwrap();
+    drop(store);
+    let idx = dir.path().join("queues/q/00000000000000000001.idx");
+    let mut bytes = fs::read(&idx).unwrap();
+    bytes[9] ^= 1; // version 1 -> 257
+    fs::write(&idx, &bytes).unwrap();
+    let store = Store::open(dir.path(), options).unwrap();
+    let q = store.queue("q").unwrap();
+    let all: Vec<_> = q.reader(1).map(|m| m.unwrap()).collect();
+    assert_eq!(all.len(), 100);
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(m.payload, payload(i as u64, 100));
+    }
+}
