@@ -122,7 +122,7 @@ pub struct Delivery {
     pub priority: u32,
 }
 
-/// Where a message is, for [`Group::peek`].
+/// Where a message is, for [`Group::peek`](crate::Group::peek).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageState {
     /// Ready to be reserved.
