@@ -241,3 +241,107 @@ fn reserve_timeout_is_woken_by_a_push() {
     assert_eq!(d.id, t.join().unwrap());
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn out_of_attempts_moves_to_the_dead_letter_queue() {
+    on_each_fs(|place| {
+        let store = Store::open(&place.path, place.options.clone()).unwrap();
+        let q = store.queue("work").unwrap();
+        let opts = GroupOptions {
+            max_attempts: 2,
+            dead_letter_queue: Some("dead".into()),
+            ..GroupOptions::default()
+        };
+        let g = q.group_with("default", opts.clone()).unwrap();
+        let poison = q
+            .push_with(
+                b"poison",
+                PushOptions {
+                    priority: 7,
+                    delay: Duration::ZERO,
+                },
+            )
+            .unwrap();
+        let fine = q.push(b"fine").unwrap();
+        // Default priority first.
+        assert_eq!(g.reserve(LEASE).unwrap().unwrap().id, fine);
+        g.ack(fine).unwrap();
+        for attempt in 1..=2 {
+            let d = g.reserve(LEASE).unwrap().unwrap();
+            assert_eq!((d.id, d.attempt), (poison, attempt));
+            g.nack(poison, Some(Duration::ZERO)).unwrap();
+        }
+        let d = g.reserve(LEASE).unwrap();
+        assert!(d.is_none(), "poison is gone from the group: {d:?}");
+        let s = g.stats().unwrap();
+        assert_eq!((s.buried, s.dead_lettered_total, s.acked_total), (0, 1, 1));
+        let dead = store.queue("dead").unwrap().group("default").unwrap();
+        let moved = dead
+            .reserve(LEASE)
+            .unwrap()
+            .expect("moved to the dead-letter queue");
+        assert_eq!(
+            (moved.payload.as_slice(), moved.priority),
+            (b"poison".as_slice(), 7)
+        );
+        assert!(matches!(
+            q.group_with(
+                "x",
+                GroupOptions {
+                    dead_letter_queue: Some("work".into()),
+                    ..GroupOptions::default()
+                }
+            ),
+            Err(Error::InvalidOption {
+                option: "dead_letter_queue",
+                ..
+            })
+        ));
+        drop((g, q, dead));
+        store.close().unwrap();
+        drop(store);
+        // Nothing comes back after reopen: the move was journaled.
+        let store = Store::open(&place.path, place.options.clone()).unwrap();
+        let g = store
+            .queue("work")
+            .unwrap()
+            .group_with("default", opts)
+            .unwrap();
+        assert!(g.reserve(LEASE).unwrap().is_none());
+        assert!(g.peek(poison).unwrap().is_none());
+    });
+}
+
+#[test]
+fn buried_before_a_dead_letter_queue_was_set_move_when_it_is() {
+    on_each_fs(|place| {
+        let store = Store::open(&place.path, place.options.clone()).unwrap();
+        let q = store.queue("work").unwrap();
+        let g = q
+            .group_with(
+                "g",
+                GroupOptions {
+                    max_attempts: 1,
+                    ..GroupOptions::default()
+                },
+            )
+            .unwrap();
+        let id = q.push(b"bad").unwrap();
+        assert_eq!(g.reserve(LEASE).unwrap().unwrap().id, id);
+        g.nack(id, None).unwrap();
+        assert_eq!(g.peek_buried().unwrap().unwrap().id, id);
+        let g = q
+            .group_with(
+                "g",
+                GroupOptions {
+                    max_attempts: 1,
+                    dead_letter_queue: Some("dlq".into()),
+                    ..GroupOptions::default()
+                },
+            )
+            .unwrap();
+        assert!(g.peek_buried().unwrap().is_none());
+        let dlq = store.queue("dlq").unwrap().group("default").unwrap();
+        assert_eq!(dlq.reserve(LEASE).unwrap().unwrap().payload, b"bad");
+    });
+}

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::error::{Error, IoContext, Result};
-use crate::group::{Delivery, GroupInner, GroupOptions, GroupRecovery, GroupStats, Peeked, Wake};
+use crate::group::{
+    DeadLetterTarget, Delivery, GroupInner, GroupOptions, GroupRecovery, GroupStats, Peeked, Wake,
+};
 use crate::log::frame::Attrs;
 use crate::log::{Log, LogOptions, LogReader, QueueRecovery, StoredFrame};
 use crate::name::validate_name;
@@ -61,9 +63,6 @@ impl QueueShared {
         validate_name(name)?;
         let mut groups = self.groups.lock().expect("groups lock");
         if let Some(g) = groups.get(name) {
-            if let Some(options) = options {
-                g.apply_options(options);
-            }
             return Ok(g.clone());
         }
         let dir = self.log.dir.join(GROUPS_DIR).join(name);
@@ -114,7 +113,7 @@ impl QueueShared {
 pub struct Queue {
     shared: Arc<QueueShared>,
     log: Arc<Log>,
-    _store: Arc<StoreInner>,
+    store: Arc<StoreInner>,
 }
 
 /// A message as read back.
@@ -173,7 +172,7 @@ impl Queue {
         Queue {
             log: shared.log.clone(),
             shared,
-            _store: store,
+            store,
         }
     }
 
@@ -196,7 +195,24 @@ impl Queue {
     ///
     /// As [`Queue::group`].
     pub fn group_with(&self, name: &str, options: GroupOptions) -> Result<Group> {
-        let inner = self.shared.group(name, Some(options))?;
+        let dead_letters = match &options.dead_letter_queue {
+            Some(q) if q == self.name() => {
+                return Err(Error::InvalidOption {
+                    option: "dead_letter_queue",
+                    reason: format!("queue {q:?} cannot be its own dead-letter queue"),
+                });
+            }
+            Some(q) => {
+                let target = self.store.queue_shared(q)?;
+                Some(DeadLetterTarget {
+                    log: target.log.clone(),
+                    wake: target.wake.clone(),
+                })
+            }
+            None => None,
+        };
+        let inner = self.shared.group(name, Some(options.clone()))?;
+        inner.apply_options(options, dead_letters)?;
         Ok(Group {
             inner,
             _queue: self.clone(),

@@ -184,23 +184,7 @@ impl Store {
     /// [`validate_name`](crate::validate_name); [`Error::Closed`] after
     /// [`Store::close`]; I/O errors while creating it.
     pub fn queue(&self, name: &str) -> Result<Queue> {
-        validate_name(name)?;
-        if self.inner.lock.lock().expect("store lock").is_none() {
-            return Err(Error::Closed);
-        }
-        let mut queues = self.inner.queues.lock().expect("store queues");
-        if let Some(q) = queues.get(name) {
-            return Ok(Queue::new(q.clone(), self.inner.clone()));
-        }
-        let fs = &self.inner.options.fs;
-        let queues_dir = self.inner.path.join(QUEUES_DIR);
-        let dir = queues_dir.join(name);
-        fs.create_dir_all(&dir)
-            .ctx("create queue directory", &dir)?;
-        fs.sync_dir(&queues_dir)
-            .ctx("fsync directory", &queues_dir)?;
-        let q = QueueShared::open(name, dir, &self.inner.options)?;
-        queues.insert(name.to_owned(), q.clone());
+        let q = self.inner.queue_shared(name)?;
         Ok(Queue::new(q, self.inner.clone()))
     }
 
@@ -248,6 +232,28 @@ impl Store {
 }
 
 impl StoreInner {
+    /// Opens or creates the queue `name`.
+    pub(crate) fn queue_shared(&self, name: &str) -> Result<Arc<QueueShared>> {
+        validate_name(name)?;
+        if self.lock.lock().expect("store lock").is_none() {
+            return Err(Error::Closed);
+        }
+        let mut queues = self.queues.lock().expect("store queues");
+        if let Some(q) = queues.get(name) {
+            return Ok(q.clone());
+        }
+        let fs = &self.options.fs;
+        let queues_dir = self.path.join(QUEUES_DIR);
+        let dir = queues_dir.join(name);
+        fs.create_dir_all(&dir)
+            .ctx("create queue directory", &dir)?;
+        fs.sync_dir(&queues_dir)
+            .ctx("fsync directory", &queues_dir)?;
+        let q = QueueShared::open(name, dir, &self.options)?;
+        queues.insert(name.to_owned(), q.clone());
+        Ok(q)
+    }
+
     fn close(&self) -> Result<()> {
         let mut lock = self.lock.lock().expect("store lock");
         let logs: Vec<_> = self

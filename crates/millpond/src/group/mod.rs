@@ -80,7 +80,7 @@ impl Backoff {
 }
 
 /// Options of one group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupOptions {
     /// Where a new group starts. Default [`StartAt::Oldest`]. Ignored when
     /// the group exists.
@@ -93,6 +93,12 @@ pub struct GroupOptions {
     /// Journal bytes after which a checkpoint is written and the journal
     /// rotated. Default 4 MiB.
     pub checkpoint_journal_bytes: u64,
+    /// A queue (in the same store) that receives messages which ran out of
+    /// attempts, instead of burying them in the group. The move pushes the
+    /// payload (and priority) to that queue, then removes the message from
+    /// this group; a crash between the two can leave it in both
+    /// (at-least-once). Default: none, bury in the group.
+    pub dead_letter_queue: Option<String>,
 }
 
 impl Default for GroupOptions {
@@ -102,6 +108,7 @@ impl Default for GroupOptions {
             max_attempts: 10,
             backoff: Backoff::default(),
             checkpoint_journal_bytes: 4 << 20,
+            dead_letter_queue: None,
         }
     }
 }
@@ -193,6 +200,13 @@ pub struct GroupRecovery {
     pub duration: Duration,
 }
 
+/// Where a group moves messages that ran out of attempts.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetterTarget {
+    pub log: Arc<Log>,
+    pub wake: Arc<Wake>,
+}
+
 /// Wakes blocked `reserve_timeout` calls of every group of a queue.
 #[derive(Debug, Default)]
 pub(crate) struct Wake {
@@ -217,6 +231,7 @@ pub(crate) struct GroupInner {
     durability: Durability,
     live: Mutex<Live>,
     journal: Journal,
+    dead_letters: Mutex<Option<DeadLetterTarget>>,
     wake: Arc<Wake>,
     recovery: GroupRecovery,
 }
@@ -350,6 +365,7 @@ impl GroupInner {
                 closed: false,
             }),
             journal,
+            dead_letters: Mutex::new(None),
             wake,
             recovery: report,
         });
@@ -371,13 +387,81 @@ impl GroupInner {
     /// other ones (every group on disk is recovered when the store opens,
     /// with default options). Ready messages already out of attempts under
     /// the new limit are dead-lettered.
-    pub fn apply_options(&self, opts: GroupOptions) {
-        let mut live = self.live.lock().expect("group lock");
-        if live.opts == opts {
-            return;
-        }
+    pub fn apply_options(
+        &self,
+        opts: GroupOptions,
+        dead_letters: Option<DeadLetterTarget>,
+    ) -> Result<()> {
+        let mut live = self.lock()?;
+        let max = opts.max_attempts;
+        let changed = live.opts != opts;
         live.opts = opts;
-        live.state.bury_exhausted(opts.max_attempts);
+        *self.dead_letters.lock().expect("dead letter lock") = dead_letters;
+        if changed {
+            live.state.bury_exhausted(max);
+        }
+        // After a restart the exhausted list is empty: take every buried
+        // message that is out of attempts.
+        live.state.exhausted = live.state.buried_exhausted(max);
+        let ticket = self.move_dead_letters(&mut live)?;
+        drop(live);
+        if let Some(t) = ticket {
+            self.commit(t, true)?;
+        }
+        Ok(())
+    }
+
+    /// Moves messages that ran out of attempts to the dead-letter queue, if
+    /// one is set; returns the ticket of the last journal record written.
+    fn move_dead_letters(&self, live: &mut Live) -> Result<Option<u64>> {
+        if live.state.exhausted.is_empty() {
+            return Ok(None);
+        }
+        let ids = std::mem::take(&mut live.state.exhausted);
+        let Some(target) = self.dead_letters.lock().expect("dead letter lock").clone() else {
+            return Ok(None);
+        };
+        let mut ticket = None;
+        for id in ids {
+            if !matches!(
+                live.state.entry(id),
+                Some(Entry {
+                    state: EntryState::Buried,
+                    ..
+                })
+            ) {
+                continue;
+            }
+            if let Some(frame) = self.log.read(id)? {
+                let attrs = crate::log::frame::Attrs {
+                    priority: frame.attrs.priority,
+                    not_before_ms: 0,
+                };
+                target.log.append(&[(&frame.payload, attrs)])?;
+                target.wake.notify();
+            }
+            live.state.finish_buried(id);
+            ticket = Some(self.journal.append(Record::Ack { id })?);
+        }
+        Ok(ticket)
+    }
+
+    /// Moves due delays and expired leases, then dead letters.
+    fn tick(&self, live: &mut Live, now: u64) -> Result<()> {
+        let max = live.opts.max_attempts;
+        live.state.tick(now, max);
+        if let Some(t) = self.move_dead_letters(live)? {
+            // Settled like an ack: durable under Sync before going on.
+            self.journal.wait(
+                t,
+                if self.durability == Durability::Sync {
+                    Goal::Durable
+                } else {
+                    Goal::Written
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Live>> {
@@ -417,8 +501,7 @@ impl GroupInner {
 
     fn reserve_locked(&self, live: &mut Live, lease: u64) -> Result<Option<(Delivery, u64)>> {
         let now = self.clock.now_ms();
-        let max = live.opts.max_attempts;
-        live.state.tick(now, max);
+        self.tick(live, now)?;
         loop {
             // The fresh scan may set aside messages into the tracked
             // state, so it runs first.
@@ -565,9 +648,12 @@ impl GroupInner {
     ) -> Result<()> {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
-        let opts = live.opts;
+        let opts = live.opts.clone();
         let rec = op(&mut live.state, &opts, now).map_err(|r| refused(&self.name, id, r))?;
-        let ticket = self.journal.append(rec)?;
+        let mut ticket = self.journal.append(rec)?;
+        if let Some(t) = self.move_dead_letters(&mut live)? {
+            ticket = t;
+        }
         self.maybe_checkpoint(&mut live)?;
         drop(live);
         if wake {
@@ -705,8 +791,7 @@ impl GroupInner {
     pub fn peek(&self, id: u64) -> Result<Option<Peeked>> {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
-        let max = live.opts.max_attempts;
-        live.state.tick(now, max);
+        self.tick(&mut live, now)?;
         if let Some(e) = live.state.entry(id) {
             return self.peeked(id, Some(e));
         }
@@ -735,8 +820,7 @@ impl GroupInner {
     pub fn peek_ready(&self) -> Result<Option<Peeked>> {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
-        let max = live.opts.max_attempts;
-        live.state.tick(now, max);
+        self.tick(&mut live, now)?;
         let fresh = self.peek_fresh(&mut live, now)?;
         let tracked = live.state.best_ready();
         match (tracked, fresh) {
@@ -750,8 +834,7 @@ impl GroupInner {
     pub fn peek_delayed(&self) -> Result<Option<Peeked>> {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
-        let max = live.opts.max_attempts;
-        live.state.tick(now, max);
+        self.tick(&mut live, now)?;
         match live.state.first_delayed() {
             Some((_, id)) => self.peeked(id, live.state.entry(id)),
             None => Ok(None),
@@ -769,8 +852,7 @@ impl GroupInner {
     pub fn stats(&self) -> Result<GroupStats> {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
-        let max = live.opts.max_attempts;
-        live.state.tick(now, max);
+        self.tick(&mut live, now)?;
         let (ready, reserved, delayed, buried) = live.state.counts();
         let next_id = self.log.next_id();
         let unscanned = next_id.saturating_sub(live.state.cursor);

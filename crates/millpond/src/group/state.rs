@@ -57,6 +57,9 @@ pub struct GroupState {
     pub acked_total: u64,
     /// Messages dead-lettered by attempts so far.
     pub dead_lettered_total: u64,
+    /// Ids buried by running out of attempts since the caller last took
+    /// them (to move them to a dead-letter queue). Not persisted.
+    pub exhausted: Vec<u64>,
 }
 
 impl GroupState {
@@ -174,6 +177,7 @@ impl GroupState {
         if e.attempts >= max_attempts {
             e.state = EntryState::Buried;
             self.dead_lettered_total += 1;
+            self.exhausted.push(id);
         } else {
             e.state = EntryState::Ready;
         }
@@ -193,6 +197,34 @@ impl GroupState {
             e.state = EntryState::Buried;
             self.set(id, e);
             self.dead_lettered_total += 1;
+            self.exhausted.push(id);
+        }
+    }
+
+    /// Buried messages with at least `max_attempts` deliveries (the ones a
+    /// dead-letter queue takes).
+    pub fn buried_exhausted(&self, max_attempts: u32) -> Vec<u64> {
+        self.buried
+            .iter()
+            .copied()
+            .filter(|id| self.entries[id].attempts >= max_attempts)
+            .collect()
+    }
+
+    /// Removes a buried message from the group without counting an ack
+    /// (it moved to a dead-letter queue).
+    pub fn finish_buried(&mut self, id: u64) -> bool {
+        if matches!(
+            self.entry(id),
+            Some(Entry {
+                state: EntryState::Buried,
+                ..
+            })
+        ) {
+            self.remove(id);
+            true
+        } else {
+            false
         }
     }
 
@@ -279,6 +311,7 @@ impl GroupState {
         let mut e = self.reserved(id)?;
         e.state = if e.attempts >= max_attempts {
             self.dead_lettered_total += 1;
+            self.exhausted.push(id);
             EntryState::Buried
         } else if until > now {
             EntryState::Delayed(until)
