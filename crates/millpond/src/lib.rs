@@ -87,6 +87,7 @@
 #![deny(unsafe_code)]
 
 mod clock;
+mod compact;
 mod error;
 pub mod fs;
 pub mod group;
@@ -98,6 +99,7 @@ mod queue;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use compact::{CompactReport, Retention};
 pub use error::{Error, Result};
 pub use group::{
     Backoff, Delivery, GroupOptions, GroupRecovery, GroupStats, MessageState, Peeked, StartAt,

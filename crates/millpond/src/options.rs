@@ -73,6 +73,8 @@ pub struct Options {
     pub(crate) write_buffer_bytes: usize,
     pub(crate) fs: Arc<dyn Fs>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) compact_interval: Option<Duration>,
+    pub(crate) copy_forward_percent: u8,
 }
 
 impl Default for Options {
@@ -86,6 +88,8 @@ impl Default for Options {
             write_buffer_bytes: 1 << 20,
             fs: Arc::new(RealFs),
             clock: Arc::new(SystemClock),
+            compact_interval: Some(Duration::from_secs(5)),
+            copy_forward_percent: 25,
         }
     }
 }
@@ -101,6 +105,8 @@ impl fmt::Debug for Options {
             .field("write_buffer_bytes", &self.write_buffer_bytes)
             .field("fs", &self.fs)
             .field("clock", &self.clock)
+            .field("compact_interval", &self.compact_interval)
+            .field("copy_forward_percent", &self.copy_forward_percent)
             .finish()
     }
 }
@@ -163,6 +169,23 @@ impl Options {
         self
     }
 
+    /// How often the background compactor runs a pass over every queue;
+    /// `None` turns it off (then only
+    /// [`Store::compact_now`](crate::Store::compact_now) compacts). Default:
+    /// every 5 s. Range: at least 1 ms.
+    pub fn compact_interval(mut self, interval: Option<Duration>) -> Options {
+        self.compact_interval = interval;
+        self
+    }
+
+    /// A sealed segment whose live bytes fall below this percentage of its
+    /// size is rewritten with only its live frames. Default: 25. Range:
+    /// 0 (never) to 100.
+    pub fn copy_forward_percent(mut self, percent: u8) -> Options {
+        self.copy_forward_percent = percent;
+        self
+    }
+
     /// The configured segment size limit.
     pub fn segment_bytes_max_get(&self) -> u64 {
         self.segment_bytes_max
@@ -199,6 +222,18 @@ impl Options {
             return bad(
                 "write_buffer_bytes",
                 format!("{} is outside 4 KiB..=256 MiB", self.write_buffer_bytes),
+            );
+        }
+        if self.copy_forward_percent > 100 {
+            return bad(
+                "copy_forward_percent",
+                format!("{} is above 100", self.copy_forward_percent),
+            );
+        }
+        if self.compact_interval.is_some_and(|d| d.is_zero()) {
+            return bad(
+                "compact_interval",
+                "Some(0) would spin; use None to turn it off".into(),
             );
         }
         if let Durability::Interval(d) = self.durability

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::compact::{CompactReport, PassOptions, Retention, compact_queue};
 use crate::error::{Error, IoContext, Result};
 use crate::group::{
     DeadLetterTarget, Delivery, GroupInner, GroupOptions, GroupRecovery, GroupStats, Peeked, Wake,
@@ -26,6 +27,8 @@ const GROUPS_DIR: &str = "groups";
 pub(crate) struct QueueShared {
     pub log: Arc<Log>,
     groups: Mutex<BTreeMap<String, Arc<GroupInner>>>,
+    retention: Mutex<Retention>,
+    compacted: Mutex<CompactReport>,
     wake: Arc<Wake>,
     clock: Arc<dyn Clock>,
 }
@@ -38,6 +41,8 @@ impl QueueShared {
         let shared = Arc::new(QueueShared {
             log,
             groups: Mutex::new(BTreeMap::new()),
+            retention: Mutex::new(Retention::default()),
+            compacted: Mutex::new(CompactReport::default()),
             wake: Arc::new(Wake::default()),
             clock: options.clock.clone(),
         });
@@ -76,6 +81,29 @@ impl QueueShared {
         )?;
         groups.insert(name.to_owned(), g.clone());
         Ok(g)
+    }
+
+    /// One compaction pass; adds it to the queue's totals.
+    pub fn compact(&self, copy_forward_percent: u8) -> Result<CompactReport> {
+        let groups = self.groups.lock().expect("groups lock");
+        let list: Vec<Arc<GroupInner>> = groups.values().cloned().collect();
+        let opts = PassOptions {
+            copy_forward_percent,
+            retention: *self.retention.lock().expect("retention lock"),
+            now_ms: self.clock.now_ms(),
+        };
+        let report = compact_queue(&self.log, &list, opts)?;
+        drop(groups);
+        let mut totals = self.compacted.lock().expect("compact lock");
+        totals.absorb(&report);
+        totals.segments = report.segments;
+        totals.bytes_on_disk = report.bytes_on_disk;
+        totals.live_bytes = report.live_bytes;
+        Ok(report)
+    }
+
+    pub fn set_retention(&self, retention: Retention) {
+        *self.retention.lock().expect("retention lock") = retention;
     }
 
     /// Flushes the log, checkpoints every group, closes the log.
@@ -217,6 +245,18 @@ impl Queue {
             inner,
             _queue: self.clone(),
         })
+    }
+
+    /// Sets the queue's retention (not stored on disk: set it again after
+    /// reopening). The compactor applies it on its next pass.
+    pub fn set_retention(&self, retention: Retention) {
+        self.shared.set_retention(retention);
+    }
+
+    /// Compaction totals so far (since the store opened) and the sizes
+    /// after the last pass.
+    pub fn compact_stats(&self) -> CompactReport {
+        self.shared.compacted.lock().expect("compact lock").clone()
     }
 
     /// Names of the queue's groups, sorted.

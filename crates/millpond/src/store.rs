@@ -9,9 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use crate::compact::CompactReport;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{self, Fs, LockGuard, OpenMode};
 use crate::log::QueueRecovery;
@@ -45,6 +46,16 @@ pub(crate) struct StoreInner {
     queues: Mutex<BTreeMap<String, Arc<QueueShared>>>,
     lock: Mutex<Option<LockGuard>>,
     report: RecoveryReport,
+    compactor: Arc<CompactorStop>,
+    /// Held by a compaction pass and by close, so they never interleave.
+    pass: Mutex<()>,
+}
+
+/// Stops the background compactor.
+#[derive(Debug, Default)]
+struct CompactorStop {
+    stopped: Mutex<bool>,
+    cv: Condvar,
 }
 
 /// What opening the store found, queue by queue.
@@ -165,15 +176,37 @@ impl Store {
             queues.insert(name, q);
         }
         report.duration = started.elapsed();
-        Ok(Store {
+        let compact_interval = options.compact_interval;
+        let store = Store {
             inner: Arc::new(StoreInner {
                 path,
                 options,
                 queues: Mutex::new(queues),
                 lock: Mutex::new(Some(lock)),
                 report,
+                compactor: Arc::new(CompactorStop::default()),
+                pass: Mutex::new(()),
             }),
-        })
+        };
+        if let Some(every) = compact_interval {
+            let weak = Arc::downgrade(&store.inner);
+            let stop = store.inner.compactor.clone();
+            std::thread::Builder::new()
+                .name("millpond-compactor".into())
+                .spawn(move || run_compactor(&weak, &stop, every))
+                .map_err(|e| Error::io("spawn compactor for", store.path(), e))?;
+        }
+        Ok(store)
+    }
+
+    /// Runs one compaction pass over every queue now and returns what it
+    /// did, summed. The background compactor does the same on its timer.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors; the first queue that fails ends the pass.
+    pub fn compact_now(&self) -> Result<CompactReport> {
+        self.inner.compact_all()
     }
 
     /// Opens the queue `name`, creating it if it does not exist.
@@ -231,7 +264,51 @@ impl Store {
     }
 }
 
+/// The body of the compactor thread: a pass every `every` until the store
+/// closes or is dropped. Errors are kept for the next pass to retry.
+fn run_compactor(store: &Weak<StoreInner>, stop: &CompactorStop, every: Duration) {
+    let mut stopped = stop.stopped.lock().expect("compactor lock");
+    loop {
+        stopped = stop
+            .cv
+            .wait_timeout(stopped, every)
+            .expect("compactor lock")
+            .0;
+        if *stopped {
+            return;
+        }
+        let Some(inner) = store.upgrade() else { return };
+        drop(stopped);
+        let _ = inner.compact_all();
+        drop(inner);
+        stopped = stop.stopped.lock().expect("compactor lock");
+    }
+}
+
 impl StoreInner {
+    fn compact_all(&self) -> Result<CompactReport> {
+        let _pass = self.pass.lock().expect("pass lock");
+        if self.lock.lock().expect("store lock").is_none() {
+            return Err(Error::Closed);
+        }
+        let queues: Vec<_> = self
+            .queues
+            .lock()
+            .expect("store queues")
+            .values()
+            .cloned()
+            .collect();
+        let mut total = CompactReport::default();
+        for q in queues {
+            let r = q.compact(self.options.copy_forward_percent)?;
+            total.absorb(&r);
+            total.segments += r.segments;
+            total.bytes_on_disk += r.bytes_on_disk;
+            total.live_bytes += r.live_bytes;
+        }
+        Ok(total)
+    }
+
     /// Opens or creates the queue `name`.
     pub(crate) fn queue_shared(&self, name: &str) -> Result<Arc<QueueShared>> {
         validate_name(name)?;
@@ -255,6 +332,9 @@ impl StoreInner {
     }
 
     fn close(&self) -> Result<()> {
+        *self.compactor.stopped.lock().expect("compactor lock") = true;
+        self.compactor.cv.notify_all();
+        let _pass = self.pass.lock().expect("pass lock");
         let mut lock = self.lock.lock().expect("store lock");
         let logs: Vec<_> = self
             .queues

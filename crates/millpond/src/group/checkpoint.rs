@@ -11,9 +11,10 @@
 //! 24      8     cursor: first id the fresh scan has not seen
 //! 32      8     acked total, u64
 //! 40      8     dead-lettered total, u64
-//! 48      4     reserved, 0
-//! 52      4     crc32 of bytes [0, 52) and of all entries
-//! 56      32*n  entries:
+//! 48      8     retention-lost total, u64
+//! 56      4     reserved, 0
+//! 60      4     crc32 of bytes [0, 60) and of all entries
+//! 64      32*n  entries:
 //!               0  8  id
 //!               8  1  state: 0 ready, 1 delayed, 2 reserved, 3 buried
 //!               9  3  reserved, 0
@@ -33,10 +34,10 @@ pub const MAGIC: [u8; 8] = *b"MLPDCKP\0";
 /// Checkpoint format version written by this build.
 pub const VERSION: u32 = 1;
 /// Bytes of the header.
-pub const HEADER_LEN: usize = 56;
+pub const HEADER_LEN: usize = 64;
 /// Bytes of one entry.
 pub const ENTRY_LEN: usize = 32;
-const OFF_CRC: usize = 52;
+const OFF_CRC: usize = 60;
 
 /// A decoded checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +60,7 @@ pub fn encode(journal_seq: u64, state: &GroupState) -> Vec<u8> {
     out.extend_from_slice(&state.cursor.to_le_bytes());
     out.extend_from_slice(&state.acked_total.to_le_bytes());
     out.extend_from_slice(&state.dead_lettered_total.to_le_bytes());
+    out.extend_from_slice(&state.retention_lost_total.to_le_bytes());
     out.extend_from_slice(&[0; 8]);
     for (id, e) in entries {
         let (kind, time) = match e.state {
@@ -124,6 +126,7 @@ pub fn decode(path: &Path, b: &[u8]) -> Result<Checkpoint> {
     let mut state = GroupState::new(u64_at(b, 24));
     state.acked_total = u64_at(b, 32);
     state.dead_lettered_total = u64_at(b, 40);
+    state.retention_lost_total = u64_at(b, 48);
     for i in 0..n {
         let o = HEADER_LEN + i * ENTRY_LEN;
         let time = u64_at(b, o + 24);
@@ -158,6 +161,7 @@ mod tests {
     fn round_trip() {
         let mut s = GroupState::new(50);
         s.acked_total = 7;
+        s.retention_lost_total = 3;
         s.set(
             3,
             Entry {

@@ -178,6 +178,9 @@ pub struct GroupStats {
     pub acked_total: u64,
     /// Messages buried by running out of attempts.
     pub dead_lettered_total: u64,
+    /// Messages retention dropped before this group finished them (it lagged
+    /// behind `max_age` or `max_bytes`).
+    pub retention_lost_total: u64,
     /// Age of the oldest ready message, ms (0 if none).
     pub oldest_ready_age_ms: u64,
     /// Bytes of the queue's segment files.
@@ -877,9 +880,33 @@ impl GroupInner {
             pushed_total: next_id.saturating_sub(1),
             acked_total: live.state.acked_total,
             dead_lettered_total: live.state.dead_lettered_total,
+            retention_lost_total: live.state.retention_lost_total,
             oldest_ready_age_ms: oldest.map_or(0, |t| now.saturating_sub(t)),
             bytes_on_disk: self.log.bytes_on_disk()?,
         })
+    }
+
+    /// For the compactor: the group's cursor and the ids it still tracks in
+    /// `[lo, hi)`. Ids below the cursor and not returned are finished.
+    pub fn liveness(&self, lo: u64, hi: u64) -> (u64, Vec<u64>) {
+        let live = self.live.lock().expect("group lock");
+        (live.state.cursor, live.state.tracked_in(lo, hi))
+    }
+
+    /// Makes every journal record appended so far durable, so the acks
+    /// that finished messages are on disk before their bytes are dropped.
+    pub fn sync_journal(&self) -> Result<()> {
+        self.journal.sync()
+    }
+
+    /// Forgets messages below `first` (dropped by retention); returns how
+    /// many the group had not finished.
+    pub fn forget_below(&self, first: u64) -> u64 {
+        let mut live = self.live.lock().expect("group lock");
+        if live.pending.as_ref().is_some_and(|f| f.id < first) {
+            live.pending = None;
+        }
+        live.state.forget_below(first)
     }
 
     /// Syncs the journal and writes a final checkpoint.

@@ -57,6 +57,8 @@ pub struct GroupState {
     pub acked_total: u64,
     /// Messages dead-lettered by attempts so far.
     pub dead_lettered_total: u64,
+    /// Messages dropped by retention before this group finished them.
+    pub retention_lost_total: u64,
     /// Ids buried by running out of attempts since the caller last took
     /// them (to move them to a dead-letter queue). Not persisted.
     pub exhausted: Vec<u64>,
@@ -390,13 +392,29 @@ impl GroupState {
         self.remove(id);
     }
 
-    /// Forgets entries below `first` (messages removed from the log).
-    pub fn forget_below(&mut self, first: u64) {
+    /// Forgets everything below `first` (messages removed from the log by
+    /// retention or compaction) and returns how many of them the group had
+    /// not finished: those count as lost to retention.
+    pub fn forget_below(&mut self, first: u64) -> u64 {
         let ids: Vec<u64> = self.entries.range(..first).map(|(id, _)| *id).collect();
+        let mut lost = ids.len() as u64;
         for id in ids {
             self.remove(id);
         }
-        self.cursor = self.cursor.max(first);
+        if self.cursor < first {
+            lost += first - self.cursor;
+            self.cursor = first;
+        }
+        self.retention_lost_total += lost;
+        lost
+    }
+
+    /// Ids tracked in `[lo, hi)`.
+    pub fn tracked_in(&self, lo: u64, hi: u64) -> Vec<u64> {
+        if lo >= hi {
+            return Vec::new();
+        }
+        self.entries.range(lo..hi).map(|(id, _)| *id).collect()
     }
 }
 

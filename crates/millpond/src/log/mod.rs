@@ -3,6 +3,7 @@
 
 pub mod frame;
 pub mod index;
+mod maintain;
 mod recover;
 pub mod segment;
 mod segments;
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::fs::Fs;
 use crate::options::{Durability, Options};
 
+pub(crate) use maintain::SealedRange;
 pub use recover::{DamagedRange, QueueRecovery, TornTail};
 pub(crate) use segments::{SegmentFile, StoredFrame};
 use writer::WriterState;

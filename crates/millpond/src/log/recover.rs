@@ -44,6 +44,9 @@ pub struct QueueRecovery {
     /// A newest segment whose header was never completely written (a crash
     /// while creating it) and was rewritten; it held no messages.
     pub header_rewritten: Option<PathBuf>,
+    /// Leftover files removed: partial compaction output (`*.seg.compact`),
+    /// partial index writes (`*.idx.tmp`), index files without a segment.
+    pub leftovers_removed: Vec<PathBuf>,
     /// Time spent.
     pub duration: Duration,
 }
@@ -92,6 +95,23 @@ impl Log {
             ..QueueRecovery::default()
         };
         let names = fs.list_dir(&dir).ctx("list queue directory", &dir)?;
+        // Leftovers of an interrupted compaction or index write, and index
+        // files whose segment is gone: never data of record.
+        let mut removed = false;
+        for n in &names {
+            let orphan_index = n
+                .strip_suffix(".idx")
+                .is_some_and(|stem| !names.iter().any(|m| m.strip_suffix(".seg") == Some(stem)));
+            if n.ends_with(".seg.compact") || n.ends_with(".idx.tmp") || orphan_index {
+                let p = dir.join(n);
+                fs.remove_file(&p).ctx("remove leftover", &p)?;
+                report.leftovers_removed.push(p);
+                removed = true;
+            }
+        }
+        if removed {
+            fs.sync_dir(&dir).ctx("fsync directory", &dir)?;
+        }
         let mut ids: Vec<u64> = names
             .iter()
             .filter_map(|n| segment::parse_file_name(n))

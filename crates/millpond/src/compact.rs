@@ -1,0 +1,217 @@
+//! The compactor: gives back the disk of finished messages.
+//!
+//! A pass over one queue, oldest segment first, never touching the active
+//! segment:
+//!
+//! 1. **Retention** (`max_age`, `max_bytes`): whole sealed segments are
+//!    dropped even if a group lags; each group counts the messages it had
+//!    not finished as lost.
+//! 2. **Delete**: a sealed segment whose every message is finished for every
+//!    group (acked, or dead-lettered and moved) is deleted.
+//! 3. **Copy forward**: a sealed segment whose live bytes fall below
+//!    `copy_forward_percent` of its size is rewritten with only its live
+//!    frames, keeping their ids (`Log::rewrite_segment`).
+//!
+//! Before any segment is deleted or rewritten, every group's journal is
+//! fsynced: the acks that finished those messages are durable before their
+//! bytes go. The pass holds the queue's group registry (so no group is
+//! created underneath it) and each group's lock only to copy its cursor and
+//! tracked ids; pushes and reserves never wait on its I/O.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::group::GroupInner;
+use crate::log::{Log, SealedRange, frame};
+
+/// Retention of a queue read as a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Drop sealed segments whose newest message is older than this.
+    pub max_age: Option<Duration>,
+    /// Drop the oldest sealed segments while the queue's segment files
+    /// take more than this many bytes.
+    pub max_bytes: Option<u64>,
+}
+
+/// What compaction did (one pass, or totals so far).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactReport {
+    /// Sealed segments deleted because every message in them was finished.
+    pub segments_deleted: u64,
+    /// Sealed segments rewritten with only their live frames.
+    pub segments_rewritten: u64,
+    /// Sealed segments dropped by retention.
+    pub segments_dropped: u64,
+    /// Bytes given back.
+    pub bytes_reclaimed: u64,
+    /// Messages retention dropped before some group finished them (summed
+    /// over groups).
+    pub retention_lost: u64,
+    /// Segment files after the pass.
+    pub segments: u64,
+    /// Bytes of segment files after the pass.
+    pub bytes_on_disk: u64,
+    /// Bytes still live after the pass: the frames of unfinished messages
+    /// in sealed segments below every group's cursor, plus every other
+    /// segment whole (the active one, and any a group has not read yet).
+    pub live_bytes: u64,
+    /// Time the pass took.
+    pub duration: Duration,
+}
+
+impl CompactReport {
+    /// Adds another report's counts to this one (sizes are replaced).
+    pub fn absorb(&mut self, other: &CompactReport) {
+        self.segments_deleted += other.segments_deleted;
+        self.segments_rewritten += other.segments_rewritten;
+        self.segments_dropped += other.segments_dropped;
+        self.bytes_reclaimed += other.bytes_reclaimed;
+        self.retention_lost += other.retention_lost;
+        self.duration += other.duration;
+    }
+}
+
+/// Settings of a pass.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PassOptions {
+    pub copy_forward_percent: u8,
+    pub retention: Retention,
+    pub now_ms: u64,
+}
+
+fn merged_live_ids(snapshots: &[(u64, Vec<u64>)], lo: u64, hi: u64) -> Vec<u64> {
+    let mut ids: Vec<u64> = snapshots
+        .iter()
+        .flat_map(|(_, ids)| ids.iter().copied().filter(|&id| id >= lo && id < hi))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// One pass over one queue. `groups` is every group of the queue, held
+/// locked by the caller against creation.
+pub(crate) fn compact_queue(
+    log: &Log,
+    groups: &[Arc<GroupInner>],
+    opts: PassOptions,
+) -> Result<CompactReport> {
+    let started = Instant::now();
+    let mut report = CompactReport::default();
+    let mut sealed = log.sealed_ranges()?;
+
+    // 1. Retention.
+    let r = opts.retention;
+    if r.max_age.is_some() || r.max_bytes.is_some() {
+        let mut total = log.bytes_on_disk()?;
+        let mut dropped_end = None;
+        while let Some(seg) = sealed.first().cloned() {
+            let too_big = r.max_bytes.is_some_and(|max| total > max);
+            let too_old = match r.max_age {
+                Some(age) => {
+                    let limit = opts
+                        .now_ms
+                        .saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+                    log.newest_timestamp(&seg)?.is_some_and(|t| t < limit)
+                }
+                None => false,
+            };
+            if !(too_big || too_old) {
+                break;
+            }
+            log.remove_segment(seg.first_id)?;
+            total = total.saturating_sub(seg.bytes);
+            report.segments_dropped += 1;
+            report.bytes_reclaimed += seg.bytes;
+            dropped_end = Some(seg.end_id);
+            sealed.remove(0);
+        }
+        if let Some(end) = dropped_end {
+            for g in groups {
+                report.retention_lost += g.forget_below(end);
+            }
+        }
+    }
+
+    // 2 and 3. Finished and sparse segments below every group's cursor.
+    let mut plan: Vec<(SealedRange, Vec<u64>)> = Vec::new();
+    if let (Some(lo), Some(hi)) = (
+        sealed.first().map(|s| s.first_id),
+        sealed.last().map(|s| s.end_id),
+    ) {
+        let snapshots: Vec<(u64, Vec<u64>)> = groups.iter().map(|g| g.liveness(lo, hi)).collect();
+        let min_cursor = snapshots.iter().map(|(c, _)| *c).min().unwrap_or(0);
+        for seg in &sealed {
+            if seg.end_id > min_cursor {
+                break;
+            }
+            let live = merged_live_ids(&snapshots, seg.first_id, seg.end_id);
+            let payload_bytes = seg.bytes.saturating_sub(crate::log::segment::HEADER_LEN);
+            let threshold = payload_bytes * u64::from(opts.copy_forward_percent) / 100;
+            if live.is_empty() || (live.len() as u64) * (frame::HEADER_LEN as u64) < threshold {
+                plan.push((seg.clone(), live));
+            }
+        }
+    }
+    if !plan.is_empty() {
+        for g in groups {
+            g.sync_journal()?;
+        }
+    }
+    for (seg, live) in plan {
+        if live.is_empty() {
+            log.remove_segment(seg.first_id)?;
+            report.segments_deleted += 1;
+            report.bytes_reclaimed += seg.bytes;
+            continue;
+        }
+        // Measure the live bytes before deciding to rewrite.
+        let mut live_bytes = 0u64;
+        for &id in &live {
+            if let Some(f) = log.read(id)? {
+                live_bytes += u64::from(f.frame_len);
+            }
+        }
+        let payload_bytes = seg.bytes.saturating_sub(crate::log::segment::HEADER_LEN);
+        if live_bytes * 100 >= payload_bytes * u64::from(opts.copy_forward_percent) {
+            continue;
+        }
+        let new_bytes = log.rewrite_segment(seg.first_id, &live)?;
+        report.segments_rewritten += 1;
+        report.bytes_reclaimed += seg.bytes.saturating_sub(new_bytes);
+    }
+
+    // Sizes after the pass.
+    let after = log.sealed_ranges()?;
+    report.segments = after.len() as u64 + 1;
+    report.bytes_on_disk = log.bytes_on_disk()?;
+    let snapshots: Vec<(u64, Vec<u64>)> = match (after.first(), after.last()) {
+        (Some(a), Some(b)) => groups
+            .iter()
+            .map(|g| g.liveness(a.first_id, b.end_id))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let min_cursor = snapshots.iter().map(|(c, _)| *c).min().unwrap_or(0);
+    let mut sealed_bytes = 0;
+    let mut live_estimate = 0;
+    for seg in &after {
+        sealed_bytes += seg.bytes;
+        if seg.end_id > min_cursor {
+            live_estimate += seg.bytes;
+        } else {
+            let live = merged_live_ids(&snapshots, seg.first_id, seg.end_id);
+            for id in live {
+                if let Some(f) = log.read(id)? {
+                    live_estimate += u64::from(f.frame_len);
+                }
+            }
+        }
+    }
+    report.live_bytes = live_estimate + report.bytes_on_disk.saturating_sub(sealed_bytes);
+    report.duration = started.elapsed();
+    Ok(report)
+}
