@@ -76,7 +76,7 @@ impl QueueShared {
             dir,
             self.log.clone(),
             self.clock.clone(),
-            options.unwrap_or_default(),
+            options,
             self.wake.clone(),
         )?;
         groups.insert(name.to_owned(), g.clone());
@@ -204,14 +204,22 @@ impl Queue {
         }
     }
 
-    /// Opens the consumer group `name` with default options, creating it
-    /// if needed. Every queue has the group [`DEFAULT_GROUP`].
+    /// Opens the consumer group `name`, creating it with default options if
+    /// needed; an existing group keeps the options it runs with (its
+    /// `max_attempts` is kept in its checkpoint; other options are not
+    /// stored and are the defaults after a restart until
+    /// [`Queue::group_with`] sets them). Every queue has the group
+    /// [`DEFAULT_GROUP`].
     ///
     /// # Errors
     ///
     /// [`Error::InvalidName`]; errors while recovering its journal.
     pub fn group(&self, name: &str) -> Result<Group> {
-        self.group_with(name, GroupOptions::default())
+        let inner = self.shared.group(name, None)?;
+        Ok(Group {
+            inner,
+            _queue: self.clone(),
+        })
     }
 
     /// Opens or creates the group `name` with `options`. Options are not

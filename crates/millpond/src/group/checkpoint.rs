@@ -12,7 +12,7 @@
 //! 32      8     acked total, u64
 //! 40      8     dead-lettered total, u64
 //! 48      8     retention-lost total, u64
-//! 56      4     reserved, 0
+//! 56      4     max attempts the group last ran with, u32 (0: unknown)
 //! 60      4     crc32 of bytes [0, 60) and of all entries
 //! 64      32*n  entries:
 //!               0  8  id
@@ -61,7 +61,8 @@ pub fn encode(journal_seq: u64, state: &GroupState) -> Vec<u8> {
     out.extend_from_slice(&state.acked_total.to_le_bytes());
     out.extend_from_slice(&state.dead_lettered_total.to_le_bytes());
     out.extend_from_slice(&state.retention_lost_total.to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&state.max_attempts.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     for (id, e) in entries {
         let (kind, time) = match e.state {
             EntryState::Ready => (0u8, 0),
@@ -127,6 +128,7 @@ pub fn decode(path: &Path, b: &[u8]) -> Result<Checkpoint> {
     state.acked_total = u64_at(b, 32);
     state.dead_lettered_total = u64_at(b, 40);
     state.retention_lost_total = u64_at(b, 48);
+    state.max_attempts = u32_at(b, 56);
     for i in 0..n {
         let o = HEADER_LEN + i * ENTRY_LEN;
         let time = u64_at(b, o + 24);
@@ -162,6 +164,7 @@ mod tests {
         let mut s = GroupState::new(50);
         s.acked_total = 7;
         s.retention_lost_total = 3;
+        s.max_attempts = 4;
         s.set(
             3,
             Entry {

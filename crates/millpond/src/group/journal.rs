@@ -14,11 +14,13 @@
 //!
 //! record
 //! 0       4     crc32 of bytes [4, 24)
-//! 4       1     kind: 1 reserve, 2 ack, 3 nack, 4 bury, 5 kick
+//! 4       1     kind: 1 reserve, 2 ack, 3 nack, 4 bury, 5 kick,
+//!               6 dead-letter (buried for running out of attempts)
 //! 5       3     reserved, 0
 //! 8       8     message id, u64
-//! 16      8     argument, u64: reserve = attempt number, nack = retry
-//!               time (unix ms), others 0
+//! 16      8     argument, u64: reserve = attempt number (low 32 bits)
+//!               and priority (high 32 bits); nack = retry time (unix
+//!               ms); others 0
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -45,6 +47,8 @@ pub enum Record {
         id: u64,
         /// Attempt number of this delivery.
         attempts: u32,
+        /// The message's priority.
+        priority: u32,
     },
     /// An ack.
     Ack {
@@ -68,17 +72,28 @@ pub enum Record {
         /// Message id.
         id: u64,
     },
+    /// Buried for running out of attempts: the outcome is recorded, so
+    /// replay never depends on the limit in force.
+    DeadLetter {
+        /// Message id.
+        id: u64,
+    },
 }
 
 impl Record {
     /// Encodes the record.
     pub fn encode(&self) -> [u8; RECORD_LEN] {
         let (kind, id, arg) = match *self {
-            Record::Reserve { id, attempts } => (1u8, id, u64::from(attempts)),
+            Record::Reserve {
+                id,
+                attempts,
+                priority,
+            } => (1u8, id, u64::from(attempts) | (u64::from(priority) << 32)),
             Record::Ack { id } => (2, id, 0),
             Record::Nack { id, until } => (3, id, until),
             Record::Bury { id } => (4, id, 0),
             Record::Kick { id } => (5, id, 0),
+            Record::DeadLetter { id } => (6, id, 0),
         };
         let mut b = [0u8; RECORD_LEN];
         b[4] = kind;
@@ -103,12 +118,14 @@ impl Record {
         Some(match b[4] {
             1 => Record::Reserve {
                 id,
-                attempts: u32::try_from(arg).ok()?,
+                attempts: (arg & 0xffff_ffff) as u32,
+                priority: (arg >> 32) as u32,
             },
             2 => Record::Ack { id },
             3 => Record::Nack { id, until: arg },
             4 => Record::Bury { id },
             5 => Record::Kick { id },
+            6 => Record::DeadLetter { id },
             _ => return None,
         })
     }
@@ -396,7 +413,12 @@ mod tests {
     #[test]
     fn records_round_trip_and_detect_damage() {
         for rec in [
-            Record::Reserve { id: 5, attempts: 3 },
+            Record::Reserve {
+                id: 5,
+                attempts: 3,
+                priority: 9,
+            },
+            Record::DeadLetter { id: 4 },
             Record::Ack { id: 9 },
             Record::Nack { id: 1, until: 77 },
             Record::Bury { id: 2 },

@@ -286,10 +286,12 @@ impl GroupInner {
         dir: PathBuf,
         log: Arc<Log>,
         clock: Arc<dyn Clock>,
-        opts: GroupOptions,
+        opts: Option<GroupOptions>,
         wake: Arc<Wake>,
     ) -> Result<Arc<GroupInner>> {
         let started = Instant::now();
+        let explicit = opts.is_some();
+        let opts = opts.unwrap_or_default();
         let fs = log.fs.clone();
         let parent = fs::parent_dir(&dir).to_owned();
         if !fs.exists(&dir).ctx("stat", &dir)? {
@@ -331,15 +333,23 @@ impl GroupInner {
             let replay = journal::read(&path, &bytes, seq)?;
             report.journal_bytes_torn += replay.torn_bytes;
             for rec in replay.records {
-                if replay_record(&mut state, rec, &log, log_end, now, opts.max_attempts)? {
+                if replay_record(&mut state, rec, &log, log_end, now)? {
                     report.records_replayed += 1;
                 } else {
                     report.records_discarded += 1;
                 }
             }
         }
+        // Leases are released under the limit the group last ran with; the
+        // caller's options apply afterwards (`apply_options`).
+        let mut opts = opts;
+        if state.max_attempts != 0 && !explicit {
+            opts.max_attempts = state.max_attempts;
+        }
+        state.max_attempts = opts.max_attempts;
         report.leases_released = state.counts().1 as u64;
         state.release_all_leases(opts.max_attempts);
+        state.exhausted.clear();
         report.records_discarded += state.clamp(log_end) as u64;
         state.forget_below(log.first_id());
 
@@ -399,32 +409,40 @@ impl GroupInner {
         let max = opts.max_attempts;
         let changed = live.opts != opts;
         live.opts = opts;
+        let has_target = dead_letters.is_some();
         *self.dead_letters.lock().expect("dead letter lock") = dead_letters;
         if changed {
             live.state.bury_exhausted(max);
         }
-        // After a restart the exhausted list is empty: take every buried
-        // message that is out of attempts.
-        live.state.exhausted = live.state.buried_exhausted(max);
+        if has_target {
+            // Messages buried out of attempts before the dead-letter queue
+            // was set (or before a restart) move too.
+            live.state.exhausted = live.state.buried_exhausted(max);
+        }
         let ticket = self.move_dead_letters(&mut live)?;
+        if live.state.max_attempts != max {
+            // Recovery releases leases under the limit in the checkpoint.
+            live.state.max_attempts = max;
+            self.checkpoint_locked(&mut live)?;
+        }
         drop(live);
-        if let Some(t) = ticket {
+        if let Some((t, _)) = ticket {
             self.commit(t, true)?;
         }
         Ok(())
     }
 
-    /// Moves messages that ran out of attempts to the dead-letter queue, if
-    /// one is set; returns the ticket of the last journal record written.
-    fn move_dead_letters(&self, live: &mut Live) -> Result<Option<u64>> {
+    /// Records the dead-lettering of messages that ran out of attempts and
+    /// moves them to the dead-letter queue, if one is set. Returns the
+    /// ticket of the last journal record and whether anything moved (a move
+    /// is settled like an ack).
+    fn move_dead_letters(&self, live: &mut Live) -> Result<Option<(u64, bool)>> {
         if live.state.exhausted.is_empty() {
             return Ok(None);
         }
         let ids = std::mem::take(&mut live.state.exhausted);
-        let Some(target) = self.dead_letters.lock().expect("dead letter lock").clone() else {
-            return Ok(None);
-        };
-        let mut ticket = None;
+        let target = self.dead_letters.lock().expect("dead letter lock").clone();
+        let mut last = None;
         for id in ids {
             if !matches!(
                 live.state.entry(id),
@@ -435,25 +453,31 @@ impl GroupInner {
             ) {
                 continue;
             }
-            if let Some(frame) = self.log.read(id)? {
-                let attrs = crate::log::frame::Attrs {
-                    priority: frame.attrs.priority,
-                    not_before_ms: 0,
-                };
-                target.log.append(&[(&frame.payload, attrs)])?;
-                target.wake.notify();
+            let mut ticket = self.journal.append(Record::DeadLetter { id })?;
+            let mut moved = false;
+            if let Some(target) = &target {
+                if let Some(frame) = self.log.read(id)? {
+                    let attrs = crate::log::frame::Attrs {
+                        priority: frame.attrs.priority,
+                        not_before_ms: 0,
+                    };
+                    target.log.append(&[(&frame.payload, attrs)])?;
+                    target.wake.notify();
+                }
+                live.state.finish_buried(id);
+                ticket = self.journal.append(Record::Ack { id })?;
+                moved = true;
             }
-            live.state.finish_buried(id);
-            ticket = Some(self.journal.append(Record::Ack { id })?);
+            last = Some((ticket, moved || last.is_some_and(|(_, m)| m)));
         }
-        Ok(ticket)
+        Ok(last)
     }
 
     /// Moves due delays and expired leases, then dead letters.
     fn tick(&self, live: &mut Live, now: u64) -> Result<()> {
         let max = live.opts.max_attempts;
         live.state.tick(now, max);
-        if let Some(t) = self.move_dead_letters(live)? {
+        if let Some((t, true)) = self.move_dead_letters(live)? {
             // Settled like an ack: durable under Sync before going on.
             self.journal.wait(
                 t,
@@ -535,7 +559,8 @@ impl GroupInner {
                 }
             } else {
                 let frame = live.pending.take().expect("peeked above");
-                live.state.reserve_fresh(frame.id, deadline, 1);
+                live.state
+                    .reserve_fresh(frame.id, deadline, 1, frame.attrs.priority);
                 Delivery {
                     id: frame.id,
                     payload: frame.payload,
@@ -547,6 +572,7 @@ impl GroupInner {
             let ticket = self.journal.append(Record::Reserve {
                 id: delivery.id,
                 attempts: delivery.attempt,
+                priority: delivery.priority,
             })?;
             return Ok(Some((delivery, ticket)));
         }
@@ -654,7 +680,7 @@ impl GroupInner {
         let opts = live.opts.clone();
         let rec = op(&mut live.state, &opts, now).map_err(|r| refused(&self.name, id, r))?;
         let mut ticket = self.journal.append(rec)?;
-        if let Some(t) = self.move_dead_letters(&mut live)? {
+        if let Some((t, _)) = self.move_dead_letters(&mut live)? {
             ticket = t;
         }
         self.maybe_checkpoint(&mut live)?;
@@ -865,8 +891,8 @@ impl GroupInner {
         };
         let oldest_tracked = live
             .state
-            .best_ready()
-            .and_then(|(_, id)| self.log.read(id).ok().flatten())
+            .min_ready_id()
+            .and_then(|id| self.log.read(id).ok().flatten())
             .map(|f| f.timestamp_ms);
         let oldest = match (oldest, oldest_tracked) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -943,14 +969,14 @@ fn replay_record(
     log: &Arc<Log>,
     log_end: u64,
     now: u64,
-    max: u32,
 ) -> Result<bool> {
     let id = match rec {
         Record::Reserve { id, .. }
         | Record::Ack { id }
         | Record::Nack { id, .. }
         | Record::Bury { id }
-        | Record::Kick { id } => id,
+        | Record::Kick { id }
+        | Record::DeadLetter { id } => id,
     };
     if id >= log_end {
         return Ok(false);
@@ -968,23 +994,14 @@ fn replay_record(
         }
     };
     match rec {
-        Record::Reserve { attempts, .. } => {
+        Record::Reserve {
+            attempts, priority, ..
+        } => {
             if id > state.cursor {
-                // The live fresh scan set aside messages with a priority or
-                // a delay on its way here; do the same.
-                let mut reader = log.reader(state.cursor);
-                while let Some(f) = reader.next()? {
-                    if f.id >= id {
-                        break;
-                    }
-                    if state.entry(f.id).is_none() {
-                        state.set_aside(f.id, f.attrs.priority, f.attrs.not_before_ms, now);
-                    }
-                }
-                state.reserve_fresh(id, 0, attempts);
-            } else if id == state.cursor && state.entry(id).is_none() {
-                // The common case, FIFO consumption: nothing to scan.
-                state.reserve_fresh(id, 0, attempts);
+                set_aside_until(state, log, id, now)?;
+            }
+            if id >= state.cursor && state.entry(id).is_none() {
+                state.reserve_fresh(id, 0, attempts, priority);
             } else if force_reserved(state) {
                 state.set_attempts(id, attempts);
             }
@@ -995,8 +1012,9 @@ fn replay_record(
             }
         }
         Record::Nack { until, .. } => {
+            // Never buries here: a dead-lettering has its own record.
             if force_reserved(state) {
-                let _ = state.nack(id, until, 0, max);
+                let _ = state.nack(id, until, 0, u32::MAX);
             }
         }
         Record::Bury { .. } => {
@@ -1005,6 +1023,11 @@ fn replay_record(
             }
         }
         Record::Kick { .. } => {
+            if id >= state.cursor {
+                // Kicked while set aside by a scan that left no record.
+                set_aside_until(state, log, id + 1, now)?;
+                state.cursor = state.cursor.max(id + 1);
+            }
             if let Some(mut e) = state.entry(id) {
                 if matches!(e.state, EntryState::Reserved(_)) {
                     e.state = EntryState::Buried;
@@ -1013,8 +1036,24 @@ fn replay_record(
                 let _ = state.kick_id(id);
             }
         }
+        Record::DeadLetter { .. } => state.replay_dead_letter(id),
     }
     Ok(true)
+}
+
+/// Replays the live fresh scan from the cursor up to (not including) `end`:
+/// messages with a priority or a delay are set aside, as the live scan did.
+fn set_aside_until(state: &mut GroupState, log: &Arc<Log>, end: u64, now: u64) -> Result<()> {
+    let mut reader = log.reader(state.cursor);
+    while let Some(f) = reader.next()? {
+        if f.id >= end {
+            break;
+        }
+        if state.entry(f.id).is_none() && (f.attrs.priority != 0 || f.attrs.not_before_ms != 0) {
+            state.set_aside(f.id, f.attrs.priority, f.attrs.not_before_ms, now);
+        }
+    }
+    Ok(())
 }
 
 fn remove_journals_below(fs: &dyn Fs, dir: &Path, journals: &[u64], seq: u64) -> Result<()> {

@@ -59,6 +59,9 @@ pub struct GroupState {
     pub dead_lettered_total: u64,
     /// Messages dropped by retention before this group finished them.
     pub retention_lost_total: u64,
+    /// The `max_attempts` the group runs with, kept in checkpoints so that
+    /// recovery releases leases under the same limit (0: unknown).
+    pub max_attempts: u32,
     /// Ids buried by running out of attempts since the caller last took
     /// them (to move them to a dead-letter queue). Not persisted.
     pub exhausted: Vec<u64>,
@@ -265,7 +268,7 @@ impl GroupState {
 
     /// Reserves the fresh message `id` (at or after the cursor), with
     /// `attempts` deliveries counted (1 live; the journal's number on replay).
-    pub fn reserve_fresh(&mut self, id: u64, deadline: u64, attempts: u32) {
+    pub fn reserve_fresh(&mut self, id: u64, deadline: u64, attempts: u32, priority: u32) {
         debug_assert!(id >= self.cursor);
         self.cursor = id + 1;
         self.set(
@@ -273,9 +276,26 @@ impl GroupState {
             Entry {
                 state: EntryState::Reserved(deadline),
                 attempts,
-                priority: 0,
+                priority,
             },
         );
+    }
+
+    /// The smallest id among tracked ready messages.
+    pub fn min_ready_id(&self) -> Option<u64> {
+        self.ready.iter().map(|&(_, id)| id).min()
+    }
+
+    /// Journal replay of a dead-lettering: buried, counted unless it already
+    /// was buried.
+    pub fn replay_dead_letter(&mut self, id: u64) {
+        if let Some(mut e) = self.entry(id)
+            && e.state != EntryState::Buried
+        {
+            e.state = EntryState::Buried;
+            self.set(id, e);
+            self.dead_lettered_total += 1;
+        }
     }
 
     /// Sets the attempt count of a reserved entry (journal replay).
@@ -426,7 +446,7 @@ mod tests {
     fn fifo_consumption_tracks_only_in_flight() {
         let mut s = GroupState::new(1);
         for id in 1..=100 {
-            s.reserve_fresh(id, 1000, 1);
+            s.reserve_fresh(id, 1000, 1, 0);
             s.ack(id).unwrap();
         }
         assert_eq!(s.entries().count(), 0);
@@ -437,7 +457,7 @@ mod tests {
     #[test]
     fn expired_lease_counts_attempt_and_buries_at_max() {
         let mut s = GroupState::new(1);
-        s.reserve_fresh(1, 100, 1);
+        s.reserve_fresh(1, 100, 1, 0);
         assert_eq!(s.tick(100, 2), 1);
         assert_eq!(s.entry(1).unwrap().state, EntryState::Ready);
         assert_eq!(s.reserve_tracked(1, 200), 2);
@@ -459,7 +479,7 @@ mod tests {
     fn settling_unreserved_is_refused() {
         let mut s = GroupState::new(1);
         assert_eq!(s.ack(1), Err(Refused::NotReserved));
-        s.reserve_fresh(1, 10, 1);
+        s.reserve_fresh(1, 10, 1, 0);
         s.ack(1).unwrap();
         assert_eq!(s.ack(1), Err(Refused::NotReserved));
         assert_eq!(s.kick_id(1), Err(Refused::NotBuried));
