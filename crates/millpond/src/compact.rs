@@ -45,6 +45,9 @@ pub struct CompactReport {
     pub segments_rewritten: u64,
     /// Sealed segments dropped by retention.
     pub segments_dropped: u64,
+    /// Sealed segments left alone because live frames in them fail their
+    /// check (run `millpond verify` and `repair`).
+    pub segments_damaged: u64,
     /// Bytes given back.
     pub bytes_reclaimed: u64,
     /// Messages retention dropped before some group finished them (summed
@@ -68,6 +71,7 @@ impl CompactReport {
         self.segments_deleted += other.segments_deleted;
         self.segments_rewritten += other.segments_rewritten;
         self.segments_dropped += other.segments_dropped;
+        self.segments_damaged += other.segments_damaged;
         self.bytes_reclaimed += other.bytes_reclaimed;
         self.retention_lost += other.retention_lost;
         self.duration += other.duration;
@@ -168,18 +172,36 @@ pub(crate) fn compact_queue(
             report.bytes_reclaimed += seg.bytes;
             continue;
         }
-        // Measure the live bytes before deciding to rewrite.
+        // Measure the live bytes before deciding to rewrite. A segment whose
+        // live frames fail their check is left as it is (and counted): a
+        // rewrite must never drop damaged bytes silently, and one damaged
+        // segment must not stop the rest of the pass.
         let mut live_bytes = 0u64;
+        let mut damaged = false;
         for &id in &live {
-            if let Some(f) = log.read(id)? {
-                live_bytes += u64::from(f.frame_len);
+            match log.read(id) {
+                Ok(Some(f)) => live_bytes += u64::from(f.frame_len),
+                Ok(None) => {}
+                Err(e) if e.is_corruption() => damaged = true,
+                Err(e) => return Err(e),
             }
+        }
+        if damaged {
+            report.segments_damaged += 1;
+            continue;
         }
         let payload_bytes = seg.bytes.saturating_sub(crate::log::segment::HEADER_LEN);
         if live_bytes * 100 >= payload_bytes * u64::from(opts.copy_forward_percent) {
             continue;
         }
-        let new_bytes = log.rewrite_segment(seg.first_id, &live)?;
+        let new_bytes = match log.rewrite_segment(seg.first_id, &live) {
+            Ok(n) => n,
+            Err(e) if e.is_corruption() => {
+                report.segments_damaged += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         report.segments_rewritten += 1;
         report.bytes_reclaimed += seg.bytes.saturating_sub(new_bytes);
     }
@@ -205,7 +227,7 @@ pub(crate) fn compact_queue(
         } else {
             let live = merged_live_ids(&snapshots, seg.first_id, seg.end_id);
             for id in live {
-                if let Some(f) = log.read(id)? {
+                if let Ok(Some(f)) = log.read(id) {
                     live_estimate += u64::from(f.frame_len);
                 }
             }

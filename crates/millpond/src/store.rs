@@ -299,14 +299,22 @@ impl StoreInner {
             .cloned()
             .collect();
         let mut total = CompactReport::default();
+        let mut first_err = None;
         for q in queues {
-            let r = q.compact(self.options.copy_forward_percent)?;
-            total.absorb(&r);
-            total.segments += r.segments;
-            total.bytes_on_disk += r.bytes_on_disk;
-            total.live_bytes += r.live_bytes;
+            // One queue's failure must not stop the others' compaction.
+            match q.compact(self.options.copy_forward_percent) {
+                Ok(r) => {
+                    total.absorb(&r);
+                    total.segments += r.segments;
+                    total.bytes_on_disk += r.bytes_on_disk;
+                    total.live_bytes += r.live_bytes;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        Ok(total)
+        first_err.map_or(Ok(total), Err)
     }
 
     /// Opens or creates the queue `name`.

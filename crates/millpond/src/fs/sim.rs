@@ -245,6 +245,14 @@ impl SimFs {
         SimFs::from_core(self.lock().crash_image(opts))
     }
 
+    /// Makes later power-cut images (with `torn_writes`) land each unsynced
+    /// write independently rather than a prefix of them, as writeback in
+    /// any order would: an earlier append may be a zero-filled gap before a
+    /// later one that reached the disk.
+    pub fn set_reorder_writes(&self, on: bool) {
+        self.lock().reorder_writes = on;
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> SimStats {
         self.lock().stats.clone()
@@ -379,6 +387,42 @@ struct FileNode {
 
 impl FileNode {
     /// The bytes a crash leaves; see [`CrashOptions::torn_writes`].
+    /// Like `crash_bytes` with tearing, but each unsynced write lands or not
+    /// independently, as page-cache writeback in any order would leave it: a
+    /// later append can land while an earlier one is a zero-filled gap.
+    fn crash_bytes_reordered(&self, rng: &mut SplitMix64, stats: &mut SimStats) -> Vec<u8> {
+        const PAGE: u64 = 4096;
+        let mut bytes = self.durable.clone();
+        for op in &self.pending {
+            match op {
+                DataOp::Write {
+                    offset,
+                    bytes: data,
+                } => {
+                    // Page by page: writeback may persist any of them.
+                    let end = offset + data.len() as u64;
+                    let mut at = *offset;
+                    while at < end {
+                        let next = ((at / PAGE + 1) * PAGE).min(end);
+                        let chunk = &data[(at - offset) as usize..(next - offset) as usize];
+                        if rng.coin() {
+                            write_into(&mut bytes, at, chunk);
+                        } else {
+                            stats.bytes_dropped += chunk.len() as u64;
+                        }
+                        at = next;
+                    }
+                }
+                other => {
+                    if rng.coin() {
+                        other.apply(&mut bytes);
+                    }
+                }
+            }
+        }
+        bytes
+    }
+
     fn crash_bytes(&self, rng: &mut SplitMix64, torn: bool, stats: &mut SimStats) -> Vec<u8> {
         let mut bytes = self.durable.clone();
         let landed = if torn {
@@ -562,6 +606,8 @@ struct Core {
     seed: u64,
     rng: SplitMix64,
     images_taken: u64,
+    /// Unsynced writes land as a random subset, not a prefix.
+    reorder_writes: bool,
 }
 
 impl fmt::Debug for Core {
@@ -598,6 +644,7 @@ impl Core {
             seed,
             rng: SplitMix64(seed),
             images_taken: 0,
+            reorder_writes: false,
         }
     }
 
@@ -848,7 +895,11 @@ impl Core {
         let mut files = BTreeMap::new();
         for (&id, file) in &self.files {
             if reachable.contains(&id) && !dirs.contains_key(&id) {
-                let bytes = file.crash_bytes(&mut rng, opts.torn_writes, &mut stats);
+                let bytes = if opts.torn_writes && self.reorder_writes {
+                    file.crash_bytes_reordered(&mut rng, &mut stats)
+                } else {
+                    file.crash_bytes(&mut rng, opts.torn_writes, &mut stats)
+                };
                 let node = FileNode {
                     current: bytes.clone(),
                     durable: bytes,
@@ -867,6 +918,7 @@ impl Core {
         image.dirs = dirs;
         image.next_id = self.next_id;
         image.stats = stats;
+        image.reorder_writes = self.reorder_writes;
         image
     }
 

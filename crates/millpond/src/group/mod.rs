@@ -544,10 +544,24 @@ impl GroupInner {
             let deadline = now.saturating_add(lease);
             let delivery = if take_tracked {
                 let (priority, id) = tracked.expect("matched Some");
-                let Some(frame) = self.log.read(id)? else {
-                    // Gone from the log (dropped by retention): forget it.
-                    live.state.clamp_one(id);
-                    continue;
+                let frame = match self.log.read(id) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => {
+                        // Gone from the log (dropped by retention): forget it.
+                        live.state.clamp_one(id);
+                        continue;
+                    }
+                    Err(e) if e.is_corruption() => {
+                        // Its bytes fail their check: it can never be
+                        // delivered. Bury it so the group goes on, and
+                        // report the damage once.
+                        let mut entry = live.state.entry(id).expect("tracked");
+                        entry.state = EntryState::Buried;
+                        live.state.set(id, entry);
+                        self.journal.append(Record::Bury { id })?;
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
                 };
                 let attempt = live.state.reserve_tracked(id, deadline);
                 Delivery {

@@ -250,14 +250,43 @@ fn recover_tail(
     let mut len = start;
     if start < file_len {
         let map = file.map().ctx("map segment", &path)?;
-        let s = segment::scan(
+        let last_entry = entries.last().map(|e: &(u64, u64)| e.1);
+        let mut s = segment::scan(
             &map,
             start,
             next_id,
-            entries.last().map(|e: &(u64, u64)| e.1),
+            last_entry,
             opts.index_interval,
             opts.frame_payload_max,
         );
+        // A zero-filled gap followed by valid frames is unsynced writes that
+        // reached the disk out of order (writeback has no order): every
+        // fsync covers all earlier writes, so no frame after a gap was ever
+        // acknowledged as durable. Cut there, as at a torn tail.
+        if let Some(d) = s.damage.first()
+            && map[d.offset as usize..(d.offset + d.len) as usize]
+                .iter()
+                .all(|&b| b == 0)
+        {
+            let (cut, gap) = (d.offset, d.len);
+            let frames_after = s.frames;
+            s = segment::scan(
+                &map[..cut as usize],
+                start,
+                next_id,
+                last_entry,
+                opts.index_interval,
+                opts.frame_payload_max,
+            );
+            let dropped = frames_after - s.frames;
+            s.torn = Some((
+                cut,
+                file_len - cut,
+                format!(
+                    "zero-filled gap of {gap} bytes followed by {dropped} frames never made durable (unsynced writes reached the disk out of order)"
+                ),
+            ));
+        }
         drop(map);
         if let Some((offset, flags)) = s.newer {
             return Err(Error::corruption(
