@@ -27,7 +27,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::failure::{EXIT_CODES_HELP, EXIT_DAMAGED, EXIT_EMPTY, Error};
+use crate::failure::{EXIT_CODES_HELP, EXIT_DAMAGED, EXIT_EMPTY, EXIT_SUCCESS, Error};
 
 const ABOUT_LONG: &str = "\
 millpond: a durable, disk-backed queue engine.
@@ -189,6 +189,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -205,10 +206,10 @@ fn main() -> ExitCode {
     init_logging();
     let global = Global { store: cli.store };
     match cli.command.run(&global) {
-        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Success) => ExitCode::from(EXIT_SUCCESS),
         Ok(Outcome::CheckFailed) => ExitCode::from(EXIT_DAMAGED),
         Ok(Outcome::Empty) => ExitCode::from(EXIT_EMPTY),
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(EXIT_SUCCESS),
         Err(e) => {
             let (code, message) = failure::classify(&e);
             eprintln!("error: {message}");

@@ -10,6 +10,7 @@ pub mod journal;
 pub mod state;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -215,12 +216,35 @@ pub(crate) struct DeadLetterTarget {
 pub(crate) struct Wake {
     generation: Mutex<u64>,
     cv: Condvar,
+    /// Threads inside `reserve_timeout`. A push skips the lock and the
+    /// wake-up syscall when there are none: a waiter registers before it
+    /// looks for a message, so a push it could miss sees it registered.
+    waiters: AtomicUsize,
 }
 
 impl Wake {
     pub fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         *self.generation.lock().expect("wake lock") += 1;
         self.cv.notify_all();
+    }
+}
+
+/// Registers a waiter for as long as it lives.
+struct Waiting<'a>(&'a Wake);
+
+impl<'a> Waiting<'a> {
+    fn new(wake: &'a Wake) -> Waiting<'a> {
+        wake.waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(wake)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -662,6 +686,7 @@ impl GroupInner {
 
     pub fn reserve_timeout(&self, lease: Duration, wait: Duration) -> Result<Option<Delivery>> {
         let until = Instant::now() + wait;
+        let _waiting = Waiting::new(&self.wake);
         loop {
             let generation = *self.wake.generation.lock().expect("wake lock");
             if let Some(d) = self.reserve(lease)? {
