@@ -1046,7 +1046,10 @@ fn replay_record(
             }
         }
         Record::Ack { .. } => {
-            if force_reserved(state) {
+            // A live ack of a buried message is refused, so an ack record
+            // for a buried entry is a move to the dead-letter queue: not an
+            // ack of the group's.
+            if !state.finish_buried(id) && force_reserved(state) {
                 let _ = state.ack(id);
             }
         }
