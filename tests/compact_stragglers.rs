@@ -311,8 +311,13 @@ fn scenario(kind: Kind, reopen_first: bool, path: &Path, options: Options) {
         assert_eq!(q.next_id(), next_id);
         check_compacted(&store, &q, kind, &pushed);
         let attempts = match kind {
-            // Reopening released the leases.
+            // A clean close keeps the leases; they come back once expired.
             Kind::InFlight => {
+                assert!(
+                    g.reserve(LEASE).unwrap().is_none(),
+                    "leases survive a clean close"
+                );
+                clock.advance(u64::try_from(LEASE.as_millis()).unwrap() + 1);
                 let mut got = BTreeMap::new();
                 while let Some(d) = g.reserve(LEASE).unwrap() {
                     assert_eq!(d.payload, pushed.stragglers[&d.id]);
@@ -337,10 +342,16 @@ fn scenario(kind: Kind, reopen_first: bool, path: &Path, options: Options) {
         drop((g, q));
         store.close().unwrap();
         drop(store);
-        // Delivered, not acked: reopening hands them out again.
+        // Delivered, not acked, closed cleanly: the leases still run after
+        // reopening, and once they expire the messages come back.
         let (store, q, g) = open(path, &options);
         assert_eq!(q.next_id(), next_id);
         check_compacted(&store, &q, kind, &pushed);
+        assert!(
+            g.reserve(LEASE).unwrap().is_none(),
+            "leases survive a clean close"
+        );
+        clock.advance(u64::try_from(LEASE.as_millis()).unwrap() + 1);
         let mut got = Vec::new();
         while let Some(d) = g.reserve(LEASE).unwrap() {
             assert_eq!(d.payload, pushed.stragglers[&d.id]);

@@ -762,7 +762,28 @@ impl GroupModel {
         best
     }
 
-    /// Reopen: recovery releases every lease under the `max_attempts` in
+    /// A clean close and reopen: leases are kept; the open ticks (expired
+    /// leases released with the attempt counted, buried when out of
+    /// attempts, due delays ready) and writes a checkpoint. Returns how many
+    /// leases were released.
+    fn recover_clean(&mut self, now: u64) -> u64 {
+        let max = self.max_attempts;
+        let mut expired = Vec::new();
+        for (&id, e) in &mut self.entries {
+            match e.st {
+                St::Delayed(t) if t <= now => e.st = St::Ready,
+                St::Reserved(t) if t <= now => expired.push(id),
+                _ => {}
+            }
+        }
+        for &id in &expired {
+            self.release_lost_lease(id, max, false);
+        }
+        self.checkpoint();
+        expired.len() as u64
+    }
+
+    /// Reopen after a crash: recovery releases every lease under the `max_attempts` in
     /// the group's checkpoint (the group's own), burying those out of
     /// attempts, and writes a checkpoint; then `group_with` applies the
     /// group's options, dead-lettering ready messages out of attempts (a
@@ -1109,7 +1130,7 @@ fn run(case: &Case) {
             }
             Op::Reopen => {
                 engine = engine.reopen();
-                reopened(&ctx, &engine, &mut model);
+                reopened_clean(&ctx, &engine, &mut model, now);
             }
             Op::Crash => {
                 let bugs: Vec<&str> = (0..2)
@@ -1117,7 +1138,7 @@ fn run(case: &Case) {
                     .collect();
                 if !bugs.iter().all(|b| shown(b)) {
                     engine = engine.reopen();
-                    reopened(&ctx, &engine, &mut model);
+                    reopened_clean(&ctx, &engine, &mut model, now);
                 } else {
                     engine = engine.crash();
                     for g in 0..2 {
@@ -1151,9 +1172,9 @@ fn settled(model: &mut Model, g: usize, records: u64) {
     model.made_durable(g);
 }
 
-fn reopened(ctx: &str, engine: &Engine, model: &mut Model) {
+fn reopened_clean(ctx: &str, engine: &Engine, model: &mut Model, now: u64) {
     for g in 0..2 {
-        let released = model.groups[g].recover();
+        let released = model.groups[g].recover_clean(now);
         model.made_durable(g);
         let report = engine.groups[g].recovery();
         assert_eq!(report.leases_released, released, "{ctx}: leases released");
@@ -1375,9 +1396,12 @@ fn regression_crash_undoes_kick_of_message_dead_lettered_on_open() {
         let g = q.group_with("g", max_attempts_1()).unwrap();
         let id = q.push(b"job").unwrap();
         assert_eq!(g.reserve(LEASE).unwrap().unwrap().attempt, 1);
-        store.close().unwrap(); // the lease is live
+        store.close().unwrap(); // the lease is live; a clean close keeps it
         id
     };
+    // The lease ends while the store is closed: the open releases it, out
+    // of attempts.
+    clock.advance(u64::try_from(LEASE.as_millis()).unwrap());
     let store = Store::open(STORE_PATH, sim_options(&sim, &clock)).unwrap();
     let q = store.queue(QUEUE).unwrap();
     let g = q.group_with("g", max_attempts_1()).unwrap();

@@ -13,8 +13,11 @@
 //! 40      8     dead-lettered total, u64
 //! 48      8     retention-lost total, u64
 //! 56      4     max attempts the group last ran with, u32 (0: unknown)
-//! 60      4     crc32 of bytes [0, 60) and of all entries
-//! 64      32*n  entries:
+//! 60      4     flags, u32: bit 0 = written by a clean close (its leases
+//!               are still held); other bits 0
+//! 64      4     reserved, 0
+//! 68      4     crc32 of bytes [0, 68) and of all entries
+//! 72      32*n  entries:
 //!               0  8  id
 //!               8  1  state: 0 ready, 1 delayed, 2 reserved, 3 buried
 //!               9  3  reserved, 0
@@ -34,10 +37,10 @@ pub const MAGIC: [u8; 8] = *b"MLPDCKP\0";
 /// Checkpoint format version written by this build.
 pub const VERSION: u32 = 1;
 /// Bytes of the header.
-pub const HEADER_LEN: usize = 64;
+pub const HEADER_LEN: usize = 72;
 /// Bytes of one entry.
 pub const ENTRY_LEN: usize = 32;
-const OFF_CRC: usize = 60;
+const OFF_CRC: usize = 68;
 
 /// A decoded checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +65,8 @@ pub fn encode(journal_seq: u64, state: &GroupState) -> Vec<u8> {
     out.extend_from_slice(&state.dead_lettered_total.to_le_bytes());
     out.extend_from_slice(&state.retention_lost_total.to_le_bytes());
     out.extend_from_slice(&state.max_attempts.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&u32::from(state.closed_cleanly).to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
     for (id, e) in entries {
         let (kind, time) = match e.state {
             EntryState::Ready => (0u8, 0),
@@ -129,6 +133,11 @@ pub fn decode(path: &Path, b: &[u8]) -> Result<Checkpoint> {
     state.dead_lettered_total = u64_at(b, 40);
     state.retention_lost_total = u64_at(b, 48);
     state.max_attempts = u32_at(b, 56);
+    let flags = u32_at(b, 60);
+    if flags & !1 != 0 {
+        return Err(bad(60, "unknown checkpoint flags"));
+    }
+    state.closed_cleanly = flags & 1 != 0;
     for i in 0..n {
         let o = HEADER_LEN + i * ENTRY_LEN;
         let time = u64_at(b, o + 24);
@@ -165,6 +174,7 @@ mod tests {
         s.acked_total = 7;
         s.retention_lost_total = 3;
         s.max_attempts = 4;
+        s.closed_cleanly = true;
         s.set(
             3,
             Entry {

@@ -371,8 +371,17 @@ impl GroupInner {
             opts.max_attempts = state.max_attempts;
         }
         state.max_attempts = opts.max_attempts;
-        report.leases_released = state.counts().1 as u64;
-        state.release_all_leases(opts.max_attempts);
+        if state.closed_cleanly && report.records_replayed == 0 && report.records_discarded == 0 {
+            // A clean close: the leases were handed out and not lost to a
+            // crash; they run until their deadline, as any lease does.
+            let before = state.counts().1;
+            state.tick(now, opts.max_attempts);
+            report.leases_released = (before - state.counts().1) as u64;
+        } else {
+            report.leases_released = state.counts().1 as u64;
+            state.release_all_leases(opts.max_attempts);
+        }
+        state.closed_cleanly = false;
         state.exhausted.clear();
         report.records_discarded += state.clamp(log_end) as u64;
         state.forget_below(log.first_id());
@@ -982,6 +991,7 @@ impl GroupInner {
         }
         live.closed = true;
         self.journal.sync()?;
+        live.state.closed_cleanly = true;
         self.checkpoint_locked(&mut live)
     }
 }

@@ -62,6 +62,9 @@ pub struct GroupState {
     /// The `max_attempts` the group runs with, kept in checkpoints so that
     /// recovery releases leases under the same limit (0: unknown).
     pub max_attempts: u32,
+    /// Set in the checkpoint a clean close writes: its leases were not lost
+    /// to a crash and are kept until they expire.
+    pub closed_cleanly: bool,
     /// Ids buried by running out of attempts since the caller last took
     /// them (to move them to a dead-letter queue). Not persisted.
     pub exhausted: Vec<u64>,
