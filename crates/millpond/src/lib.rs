@@ -106,7 +106,7 @@ pub use group::{
 };
 pub use log::{DamagedRange, QueueRecovery, TornTail};
 pub use name::{NAME_BYTES_MAX, validate_name};
-pub use options::{Durability, Options, RecoveryMode};
+pub use options::{Durability, MESSAGE_BYTES_LIMIT, Options, RecoveryMode};
 pub use queue::{DEFAULT_GROUP, Group, LogStats, Message, PushOptions, Queue, Reader};
 pub use store::{RecoveryReport, STORE_MAGIC, STORE_VERSION, Store};
 
