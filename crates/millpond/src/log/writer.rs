@@ -33,6 +33,11 @@ pub(crate) struct WriterState {
     pub durable_next_id: u64,
     /// A flush round is running.
     flushing: bool,
+    /// A would-be leader is letting other pushers join its round.
+    gathering: bool,
+    /// Frames the last synced round carried: more than one means several
+    /// pushers are active, so the next leader gathers before leading.
+    last_round_frames: u64,
     /// Set by the first failed write or fsync; every later write fails.
     pub poisoned: Option<Arc<str>>,
     pub closed: bool,
@@ -73,6 +78,8 @@ impl WriterState {
             written_next_id: next_id,
             durable_next_id: next_id,
             flushing: false,
+            gathering: false,
+            last_round_frames: 0,
             poisoned: None,
             closed: false,
         }
@@ -84,6 +91,10 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// How long a leader waits for more pushers to join a `Sync` round when the
+/// last round carried more than one frame.
+const GATHER_PAUSE: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Whether a flush round must also fsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,9 +220,21 @@ impl Log {
             if let Some(cause) = &st.poisoned {
                 return Err(self.poisoned_error(cause));
             }
-            if st.flushing {
+            if st.flushing || st.gathering {
                 st = self.flushed.wait(st).expect("writer lock");
                 continue;
+            }
+            if goal == Goal::Durable && st.last_round_frames > 1 {
+                // Pushers whose frames the last round carried are about to
+                // push again: a short pause lets them join this round
+                // instead of waiting for the next (each fsync then carries
+                // nearly every pusher, not half of them). A lone pusher
+                // never pauses.
+                st.gathering = true;
+                drop(st);
+                std::thread::sleep(GATHER_PAUSE);
+                st = self.state.lock().expect("writer lock");
+                st.gathering = false;
             }
             let (guard, result) = self.flush_round(st, goal);
             st = guard;
@@ -238,6 +261,9 @@ impl Log {
         st.flushing = false;
         match &result {
             Ok(()) => {
+                if sync {
+                    st.last_round_frames = target - st.written_next_id.min(target);
+                }
                 st.written_next_id = target;
                 if sync {
                     st.durable_next_id = target;
