@@ -1,12 +1,12 @@
 //! The `--durability` argument, shared by every subcommand that writes:
 //! `sync`, `interval:<duration>` (e.g. `interval:50ms`) or `buffered`.
 
-use std::time::Duration;
-
 use millpond::Durability;
 
+use crate::duration;
+
 /// What `--durability` accepts, for help texts.
-pub const VALUES: &str = "sync|interval:<n>(us|ms|s)|buffered";
+pub const VALUES: &str = "sync|interval:<n>(us|ms|s|m|h)|buffered";
 
 /// Parses a `--durability` value; use as a clap `value_parser`.
 ///
@@ -21,7 +21,7 @@ pub fn parse(text: &str) -> Result<Durability, String> {
             let Some(interval) = text.strip_prefix("interval:") else {
                 return Err(format!("expected {VALUES}, got {text:?}"));
             };
-            let interval = parse_duration(interval)?;
+            let interval = duration::parse(interval)?;
             if interval.is_zero() {
                 return Err("the interval must be longer than zero; use sync".to_owned());
             }
@@ -35,37 +35,14 @@ pub fn display(durability: Durability) -> String {
     match durability {
         Durability::Sync => "sync".to_owned(),
         Durability::Buffered => "buffered".to_owned(),
-        Durability::Interval(d) => format!("interval:{}", display_duration(d)),
-    }
-}
-
-/// Parses `<integer>` followed by `us`, `ms` or `s`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let digits_len = text.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = text.split_at(digits_len);
-    let bad = || format!("expected a duration such as 50ms, 2s or 500us, got {text:?}");
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    match unit {
-        "us" => Ok(Duration::from_micros(number)),
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        _ => Err(bad()),
-    }
-}
-
-fn display_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}us", d.as_micros())
+        Durability::Interval(d) => format!("interval:{}", duration::display(d)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn parses_each_mode() {

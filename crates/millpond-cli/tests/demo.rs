@@ -93,7 +93,7 @@ fn demo_refuses_a_locked_store_and_names_the_lock_file() {
         "10",
     ]);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(3), "stderr:\n{stderr}");
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(stderr.contains("locked"), "{stderr}");
     let lock_file = dir.path().join("LOCK");

@@ -677,12 +677,16 @@ impl GroupInner {
         let mut out = Vec::new();
         let mut last = None;
         while out.len() < n {
-            match self.reserve_locked(&mut live, lease)? {
-                Some((d, t)) => {
+            match self.reserve_locked(&mut live, lease) {
+                Ok(Some((d, t))) => {
                     out.push(d);
                     last = Some(t);
                 }
-                None => break,
+                Ok(None) => break,
+                // Hand out what is reserved already; the error comes back
+                // on the next call.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
             }
         }
         self.maybe_checkpoint(&mut live)?;
