@@ -542,8 +542,17 @@ impl GroupInner {
             if live.fresh.position() != live.state.cursor {
                 live.fresh = self.log.reader(live.state.cursor);
             }
-            let Some(f) = live.fresh.next()? else {
-                return Ok(None);
+            let f = match live.fresh.next() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    // The reader has moved past what it could not read;
+                    // the group moves with it, so the error is reported
+                    // once and the messages after it still flow.
+                    let past = live.fresh.position();
+                    live.state.cursor = live.state.cursor.max(past);
+                    return Err(e);
+                }
             };
             if f.id < live.state.cursor || live.state.entry(f.id).is_some() {
                 continue;

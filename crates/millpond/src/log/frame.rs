@@ -92,7 +92,10 @@ pub fn encode(out: &mut Vec<u8>, id: u64, timestamp_ms: u64, attrs: &Attrs, payl
     out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out[start + CRC_START..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
-    debug_assert!(matches!(decode(&out[start..], u32::MAX), Decoded::Frame(f) if f.id == id));
+    debug_assert!(
+        id == u64::MAX
+            || matches!(decode(&out[start..], u32::MAX), Decoded::Frame(f) if f.id == id)
+    );
 }
 
 /// A frame decoded in place.
@@ -124,6 +127,9 @@ pub enum Bad {
     Length(u32),
     /// Flags this version does not know (written by a newer version).
     Flags(u32),
+    /// The id `u64::MAX`, which no writer hands out (the id after it could
+    /// not be represented).
+    IdMax,
 }
 
 impl std::fmt::Display for Bad {
@@ -137,6 +143,7 @@ impl std::fmt::Display for Bad {
             }
             Bad::Length(n) => write!(f, "frame length {n} exceeds the message size limit"),
             Bad::Flags(flags) => write!(f, "frame flags {flags:#x} unknown to this version"),
+            Bad::IdMax => write!(f, "frame id is u64::MAX, which is never written"),
         }
     }
 }
@@ -186,6 +193,10 @@ pub fn decode(buf: &[u8], payload_len_max: u32) -> Decoded<'_> {
     if flags & !FLAGS_KNOWN != 0 {
         return Decoded::Bad(Bad::Flags(flags));
     }
+    let id = u64_at(buf, OFF_ID);
+    if id == u64::MAX {
+        return Decoded::Bad(Bad::IdMax);
+    }
     let mut off = HEADER_LEN;
     let mut attrs = Attrs::default();
     if flags & FLAG_PRIORITY != 0 {
@@ -197,7 +208,7 @@ pub fn decode(buf: &[u8], payload_len_max: u32) -> Decoded<'_> {
         off += 8;
     }
     Decoded::Frame(FrameRef {
-        id: u64_at(buf, OFF_ID),
+        id,
         timestamp_ms: u64_at(buf, OFF_TIMESTAMP),
         attrs,
         payload: &buf[off..len],
@@ -279,6 +290,7 @@ mod tests {
             let mut out = vec![0xAA; 3];
             encode(&mut out, id, ts, &attrs, &payload);
             match decode(&out[3..], 1000) {
+                Decoded::Bad(Bad::IdMax) => prop_assert_eq!(id, u64::MAX),
                 Decoded::Frame(f) => {
                     prop_assert_eq!(f.id, id);
                     prop_assert_eq!(f.timestamp_ms, ts);

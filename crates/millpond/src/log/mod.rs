@@ -100,7 +100,12 @@ impl Log {
 
     fn segment_after(&self, first_id: u64) -> Option<Arc<SegmentFile>> {
         let segs = self.segments.read().expect("segments lock");
-        segs.range(first_id + 1..).next().map(|(_, s)| s.clone())
+        segs.range((
+            std::ops::Bound::Excluded(first_id),
+            std::ops::Bound::Unbounded,
+        ))
+        .next()
+        .map(|(_, s)| s.clone())
     }
 
     /// Reads the message with `id`, if it is on disk and visible.
