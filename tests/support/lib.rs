@@ -6,6 +6,8 @@ use std::sync::Arc;
 use millpond::Options;
 use millpond::fs::MemFs;
 
+pub mod fuzz_targets;
+
 /// A place to open a store: a directory and options naming its file system.
 pub struct Place {
     /// The store directory.

@@ -489,7 +489,17 @@ impl GroupInner {
             let mut ticket = self.journal.append(Record::DeadLetter { id })?;
             let mut moved = false;
             if let Some(target) = &target {
-                if let Some(frame) = self.log.read(id)? {
+                let frame = match self.log.read(id) {
+                    Ok(f) => f,
+                    // A damaged message cannot be moved: it stays buried
+                    // here, where `verify` and `repair` find it.
+                    Err(e) if e.is_corruption() => {
+                        last = Some((ticket, last.is_some_and(|(_, m)| m)));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(frame) = frame {
                     let attrs = crate::log::frame::Attrs {
                         priority: frame.attrs.priority,
                         not_before_ms: 0,
@@ -1110,7 +1120,15 @@ fn replay_record(
 /// messages with a priority or a delay are set aside, as the live scan did.
 fn set_aside_until(state: &mut GroupState, log: &Arc<Log>, end: u64, now: u64) -> Result<()> {
     let mut reader = log.reader(state.cursor);
-    while let Some(f) = reader.next()? {
+    loop {
+        let f = match reader.next() {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            // Damage was reported when it was met; the reader has moved
+            // past it, and so does the replay.
+            Err(e) if e.is_corruption() => continue,
+            Err(e) => return Err(e),
+        };
         if f.id >= end {
             break;
         }

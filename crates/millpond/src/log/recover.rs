@@ -335,6 +335,12 @@ fn recover_tail(
         entries.extend(s.entries);
         damage = s.damage;
     }
+    // After a process restart (no power cut) the page cache may hold bytes
+    // whose fsync failed, or a segment whose directory entry was never
+    // synced. Everything from here on builds on what this open sees, so
+    // make it durable first: the tail's data and the queue directory.
+    file.sync_data().ctx("fsync segment", &path)?;
+    fs.sync_dir(dir).ctx("fsync directory", dir)?;
     Ok(Tail {
         file,
         len,
