@@ -3,7 +3,7 @@
 //! (`harness = false`): a copy-forward pass consumes its input, so every
 //! sample needs a new setup, and latency percentiles need every push.
 //!
-//! `cargo bench --bench compact` (about 2 minutes, up to ~0.6 GB on disk at
+//! `cargo bench --bench compact` (about 2.5 minutes, up to ~0.6 GB on disk at
 //! once). Stores live in temporary directories under `$TMPDIR` (default
 //! `/tmp`), deleted afterwards.
 //!
@@ -13,10 +13,10 @@
 //! 1,000 messages in the active segment; the `default` group reserves every
 //! message and acks four of every five (ids not divisible by 5), so 20 % of
 //! every sealed segment's bytes are live (the stragglers stay reserved);
-//! then the store is closed cleanly and reopened for the measurement
-//! (leases are released on reopening: the stragglers are tracked as ready,
-//! still live). With the default `copy_forward_percent` (25) a pass
-//! rewrites every sealed segment.
+//! then the store is closed cleanly and reopened for the measurement (the
+//! stragglers stay tracked by the group, so they stay live). With the
+//! default `copy_forward_percent` (25) a pass rewrites every sealed
+//! segment. Diagnosis knobs: see `apply_policy`.
 //!
 //! - `copy_forward`: times `Store::compact_now()` over such a queue
 //!   (`S` = 8 by default, `MILLPOND_BENCH_CF_SEGMENTS`), three rounds

@@ -2,7 +2,7 @@
 //! the queue's depth, and (opt-in) recovery after a crash with millions of
 //! messages pending.
 //!
-//! `cargo bench --bench groups` (about 2 minutes). Every store lives in a
+//! `cargo bench --bench groups` (about 1.5 minutes). Every store lives in a
 //! fresh temporary directory (`tempfile`, under `$TMPDIR`, default `/tmp`)
 //! and is deleted afterwards. All benches use the queue's `default` group
 //! (every queue has it; a second group would hold back the compactor).
