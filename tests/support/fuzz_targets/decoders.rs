@@ -43,6 +43,11 @@ pub(crate) fn reference_frame(data: &[u8], payload_len_max: u32) -> Decoded<'_> 
     if flags & !3 != 0 {
         return Decoded::Bad(Bad::Flags(flags));
     }
+    // No writer hands out the id `u64::MAX` (the one after it could not
+    // be represented), so a frame with it is bad.
+    if le64(data, 8) == u64::MAX {
+        return Decoded::Bad(Bad::IdMax);
+    }
     let mut attrs = Attrs::default();
     let mut off = 28;
     if flags & 1 != 0 {
