@@ -269,7 +269,6 @@ fn id_max_frame_overflows_scan() {
 /// instead: the push returns `Ok(u64::MAX)` for a message that is never
 /// readable, and the next id becomes 0.
 #[test]
-#[ignore = "open bug: a push at next id u64::MAX overflows instead of being refused"]
 fn push_at_id_max_overflows() {
     use std::sync::Arc;
 
@@ -296,7 +295,13 @@ fn push_at_id_max_overflows() {
     let q = store.queue("q").unwrap();
     assert_eq!(q.push(b"last").unwrap(), u64::MAX - 1);
     assert_eq!(q.next_id(), u64::MAX);
-    assert!(q.push(b"one too many").is_err(), "ids are exhausted");
+    assert!(
+        matches!(
+            q.push(b"one too many"),
+            Err(millpond::Error::IdsExhausted { .. })
+        ),
+        "ids are exhausted"
+    );
     assert_eq!(q.next_id(), u64::MAX);
     drop(q);
     store.close().unwrap();

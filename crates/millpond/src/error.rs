@@ -125,6 +125,13 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// The queue has handed out every id it can (the next would be
+    /// `u64::MAX`); nothing was written.
+    #[error("queue {queue} has used up its ids: no message can be pushed")]
+    IdsExhausted {
+        /// The queue.
+        queue: String,
+    },
     /// The store or queue was closed.
     #[error("the store is closed")]
     Closed,

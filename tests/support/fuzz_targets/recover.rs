@@ -296,14 +296,18 @@ fn check_tail(data: &[u8], first_id: u64, mode: RecoveryMode) {
     // A push goes right after the last valid frame and survives a reopen
     // with everything before it.
     let mut with_push = messages(&read);
-    // KNOWN BUG (regression test `push_at_id_max_overflows`, ignored until
-    // fixed): a push when the next id is `u64::MAX` overflows in the writer
-    // instead of being refused. Remove this condition with the fix; the
-    // push must then fail and change nothing.
+    // When the ids are used up (the next would be `u64::MAX`) the push is
+    // refused and changes nothing (`push_at_id_max_overflows`).
+    let payload = b"pushed after recovery".to_vec();
     if next_id < u64::MAX {
-        let payload = b"pushed after recovery".to_vec();
         assert_eq!(q.push(&payload).expect("push after recovery"), next_id);
         with_push.push(Event::Message(next_id, NOW_MS, 0, 0, payload));
+    } else {
+        assert!(
+            matches!(q.push(&payload), Err(millpond::Error::IdsExhausted { .. })),
+            "a push past the last id must be refused"
+        );
+        assert_eq!(q.next_id(), next_id);
     }
     drop(q);
     store.close().expect("close");

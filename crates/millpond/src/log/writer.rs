@@ -119,6 +119,13 @@ impl Log {
         let mut st = self.state.lock().expect("writer lock");
         self.check_writable(&st)?;
         let first = st.next_id;
+        // u64::MAX is never an id (the one after it could not be
+        // represented): refuse a batch that would reach it, whole.
+        if first.checked_add(payloads.len() as u64).is_none() {
+            return Err(Error::IdsExhausted {
+                queue: self.name.clone(),
+            });
+        }
         for (payload, attrs) in payloads {
             self.encode_locked(&mut st, payload, attrs, ts);
         }
