@@ -130,9 +130,15 @@ impl SegmentFile {
         index::encode(&meta, &inner.index.to_vec())
     }
 
-    /// Marks the segment sealed: from now on it may be mapped.
+    /// Marks the segment sealed, after its bytes and index file are
+    /// durable: from now on it is mapped on its next read, index included,
+    /// and the in-memory index is dropped, so memory does not grow with the
+    /// bytes written since the queue was opened.
     pub fn seal(&self) {
-        self.inner.write().expect("segment lock").sealed = true;
+        let mut inner = self.inner.write().expect("segment lock");
+        inner.sealed = true;
+        inner.loaded = false;
+        inner.index = SparseIndex::Owned(Vec::new());
     }
 
     /// Readable length and next id (loading a sealed segment if needed).
