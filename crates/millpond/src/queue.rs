@@ -345,6 +345,43 @@ impl Queue {
         Ok(first..first + payloads.len() as u64)
     }
 
+    /// Appends messages, each with its own priority and delay, as one
+    /// commit (one write, one fsync under `Sync`) and returns their ids.
+    /// An empty batch returns an empty range.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::push_batch`].
+    pub fn push_batch_with<P: AsRef<[u8]>>(
+        &self,
+        items: &[(P, PushOptions)],
+    ) -> Result<Range<u64>> {
+        if items.is_empty() {
+            let next = self.log.next_id();
+            return Ok(next..next);
+        }
+        let now = self.shared.clock.now_ms();
+        let batch: Vec<(&[u8], Attrs)> = items
+            .iter()
+            .map(|(p, o)| {
+                let not_before_ms = if o.delay.is_zero() {
+                    0
+                } else {
+                    now.saturating_add(u64::try_from(o.delay.as_millis()).unwrap_or(u64::MAX))
+                };
+                (
+                    p.as_ref(),
+                    Attrs {
+                        priority: o.priority,
+                        not_before_ms,
+                    },
+                )
+            })
+            .collect();
+        let first = self.pushed(self.log.append(&batch))?;
+        Ok(first..first + items.len() as u64)
+    }
+
     /// Reads the message with `id`, or `None` if there is none (never
     /// pushed, not yet visible, or removed).
     ///
@@ -521,6 +558,76 @@ impl Group {
     /// As [`Group::ack`].
     pub fn bury(&self, id: u64) -> Result<()> {
         self.inner.bury(id)
+    }
+
+    /// Finishes messages whatever their state, with one commit (durable
+    /// under `Sync` when this returns): ready, delayed and buried ones
+    /// always, reserved ones only where the pair's flag is true (the
+    /// caller holds that reservation). Returns, per id, whether it was
+    /// deleted; false for ids that are finished, unknown, or reserved
+    /// without the flag. Deletes count with the acks in
+    /// [`GroupStats::acked_total`].
+    ///
+    /// A fresh message (one the group has not reached yet) is deleted by
+    /// tracking every fresh message before it (a small entry each, as a
+    /// message with a priority costs), so deleting far ahead of the
+    /// consumers costs memory in proportion.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors; [`Error::Closed`].
+    pub fn delete_batch(&self, ids: &[(u64, bool)]) -> Result<Vec<bool>> {
+        self.inner.delete_batch(ids)
+    }
+
+    /// Releases a reserved message with a new `priority`, ready again
+    /// after `delay` (at once if zero). Unlike [`Group::nack`] it never
+    /// buries a message, whatever its attempts.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::ack`].
+    pub fn release(&self, id: u64, priority: u32, delay: Duration) -> Result<()> {
+        self.inner.release(id, priority, delay)
+    }
+
+    /// Buries a reserved message with a new `priority`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::ack`].
+    pub fn bury_with(&self, id: u64, priority: u32) -> Result<()> {
+        self.inner.bury_with(id, priority)
+    }
+
+    /// Makes up to `n` delayed messages ready now (due first first);
+    /// returns how many.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn kick_delayed(&self, n: usize) -> Result<usize> {
+        self.inner.kick_delayed(n)
+    }
+
+    /// Reserves the message `id` for `lease` if it is ready, delayed or
+    /// buried; `None` if it is reserved, finished or unknown.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::reserve`].
+    pub fn reserve_id(&self, id: u64, lease: Duration) -> Result<Option<Delivery>> {
+        self.inner.reserve_id(id, lease)
+    }
+
+    /// When the group's next delay falls due or lease expires, unix ms
+    /// (among the messages it has scanned); a waiter sleeps until then.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`].
+    pub fn next_due_ms(&self) -> Result<Option<u64>> {
+        self.inner.next_due_ms()
     }
 
     /// Revives up to `n` buried messages (oldest first); returns how many.

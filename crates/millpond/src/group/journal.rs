@@ -15,12 +15,16 @@
 //! record
 //! 0       4     crc32 of bytes [4, 24)
 //! 4       1     kind: 1 reserve, 2 ack, 3 nack, 4 bury, 5 kick,
-//!               6 dead-letter (buried for running out of attempts)
+//!               6 dead-letter (buried for running out of attempts),
+//!               7 delete (finished in any state), 8 priority (the
+//!               message's new priority), 9 track (every fresh message
+//!               from the cursor up to and including the id becomes
+//!               tracked; the cursor moves past the id)
 //! 5       3     reserved, 0
 //! 8       8     message id, u64
 //! 16      8     argument, u64: reserve = attempt number (low 32 bits)
 //!               and priority (high 32 bits); nack = retry time (unix
-//!               ms); others 0
+//!               ms); priority = the priority (low 32 bits); others 0
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -78,6 +82,24 @@ pub enum Record {
         /// Message id.
         id: u64,
     },
+    /// Finished whatever its state (ready, delayed, buried or reserved).
+    Delete {
+        /// Message id.
+        id: u64,
+    },
+    /// A new priority for a tracked message.
+    Priority {
+        /// Message id.
+        id: u64,
+        /// The new priority.
+        priority: u32,
+    },
+    /// Fresh messages from the cursor through `id` become tracked, so a
+    /// later record can address `id` out of order.
+    Track {
+        /// Message id.
+        id: u64,
+    },
 }
 
 impl Record {
@@ -94,6 +116,9 @@ impl Record {
             Record::Bury { id } => (4, id, 0),
             Record::Kick { id } => (5, id, 0),
             Record::DeadLetter { id } => (6, id, 0),
+            Record::Delete { id } => (7, id, 0),
+            Record::Priority { id, priority } => (8, id, u64::from(priority)),
+            Record::Track { id } => (9, id, 0),
         };
         let mut b = [0u8; RECORD_LEN];
         b[4] = kind;
@@ -126,6 +151,12 @@ impl Record {
             4 => Record::Bury { id },
             5 => Record::Kick { id },
             6 => Record::DeadLetter { id },
+            7 => Record::Delete { id },
+            8 if arg >> 32 == 0 => Record::Priority {
+                id,
+                priority: arg as u32,
+            },
+            9 => Record::Track { id },
             _ => return None,
         })
     }
@@ -423,6 +454,12 @@ mod tests {
             Record::Nack { id: 1, until: 77 },
             Record::Bury { id: 2 },
             Record::Kick { id: 3 },
+            Record::Delete { id: 6 },
+            Record::Priority {
+                id: 7,
+                priority: u32::MAX,
+            },
+            Record::Track { id: 8 },
         ] {
             let mut b = rec.encode();
             assert_eq!(Record::decode(&b), Some(rec));

@@ -835,6 +835,20 @@ impl GroupInner {
     }
 
     pub fn kick_id(&self, id: u64) -> Result<()> {
+        {
+            // A delayed message the fresh scan has not reached yet.
+            let mut live = self.lock()?;
+            let now = self.clock.now_ms();
+            if live.state.entry(id).is_none()
+                && id >= live.state.cursor
+                && self
+                    .log
+                    .read(id)?
+                    .is_some_and(|f| f.attrs.not_before_ms > now)
+            {
+                self.track_through(&mut live, id, now)?;
+            }
+        }
         self.settle(
             id,
             |s, _, _| s.kick_id(id).map(|()| Record::Kick { id }),
@@ -859,6 +873,169 @@ impl GroupInner {
             self.commit(ticket, true)?;
         }
         Ok(ids.len())
+    }
+
+    /// Makes the fresh messages from the cursor through `id` tracked and
+    /// moves the cursor past `id`, so `id` can be addressed out of order.
+    /// Returns the journal ticket, or `None` (nothing recorded) when `id`
+    /// is not fresh.
+    fn track_through(&self, live: &mut Live, id: u64, now: u64) -> Result<Option<u64>> {
+        if id < live.state.cursor || id >= self.log.next_id() {
+            return Ok(None);
+        }
+        track_until(&mut live.state, &self.log, id + 1, now)?;
+        if live.pending.as_ref().is_some_and(|f| f.id <= id) {
+            live.pending = None;
+        }
+        Ok(Some(self.journal.append(Record::Track { id })?))
+    }
+
+    pub fn delete_batch(&self, ids: &[(u64, bool)]) -> Result<Vec<bool>> {
+        let mut live = self.lock()?;
+        let now = self.clock.now_ms();
+        self.tick(&mut live, now)?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut last = None;
+        for &(id, reserved_ok) in ids {
+            if live.state.entry(id).is_none()
+                && let Some(t) = self.track_through(&mut live, id, now)?
+            {
+                last = Some(t);
+            }
+            let ok = match live.state.entry(id) {
+                Some(Entry {
+                    state: EntryState::Reserved(_),
+                    ..
+                }) => reserved_ok,
+                Some(_) => true,
+                None => false,
+            };
+            if ok {
+                live.state.delete(id);
+                last = Some(self.journal.append(Record::Delete { id })?);
+            }
+            out.push(ok);
+        }
+        self.maybe_checkpoint(&mut live)?;
+        drop(live);
+        if let Some(t) = last {
+            self.commit(t, true)?;
+        }
+        Ok(out)
+    }
+
+    /// Releases a reserved message with a new priority, ready after
+    /// `delay`; never buries.
+    pub fn release(&self, id: u64, priority: u32, delay: Duration) -> Result<()> {
+        let mut live = self.lock()?;
+        let now = self.clock.now_ms();
+        if !matches!(
+            live.state.entry(id),
+            Some(Entry {
+                state: EntryState::Reserved(_),
+                ..
+            })
+        ) {
+            return Err(refused(&self.name, id, Refused::NotReserved));
+        }
+        live.state.set_priority(id, priority);
+        self.journal.append(Record::Priority { id, priority })?;
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let until = if delay_ms == 0 {
+            0
+        } else {
+            now.saturating_add(delay_ms)
+        };
+        live.state
+            .nack(id, until, now, u32::MAX)
+            .map_err(|r| refused(&self.name, id, r))?;
+        let ticket = self.journal.append(Record::Nack { id, until })?;
+        self.maybe_checkpoint(&mut live)?;
+        drop(live);
+        self.wake.notify();
+        self.commit(ticket, true)
+    }
+
+    /// Buries a reserved message with a new priority.
+    pub fn bury_with(&self, id: u64, priority: u32) -> Result<()> {
+        let mut live = self.lock()?;
+        live.state
+            .bury(id)
+            .map_err(|r| refused(&self.name, id, r))?;
+        live.state.set_priority(id, priority);
+        self.journal.append(Record::Priority { id, priority })?;
+        let ticket = self.journal.append(Record::Bury { id })?;
+        self.maybe_checkpoint(&mut live)?;
+        drop(live);
+        self.commit(ticket, true)
+    }
+
+    /// Makes up to `n` delayed messages ready now, due first first.
+    pub fn kick_delayed(&self, n: usize) -> Result<usize> {
+        let mut live = self.lock()?;
+        let now = self.clock.now_ms();
+        self.tick(&mut live, now)?;
+        self.peek_fresh(&mut live, now)?;
+        let ids = live.state.delayed_ids(n);
+        let mut ticket = 0;
+        for &id in &ids {
+            live.state
+                .kick_id(id)
+                .map_err(|r| refused(&self.name, id, r))?;
+            ticket = self.journal.append(Record::Kick { id })?;
+        }
+        self.maybe_checkpoint(&mut live)?;
+        drop(live);
+        if !ids.is_empty() {
+            self.wake.notify();
+            self.commit(ticket, true)?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Reserves the message `id` if it is ready, delayed or buried.
+    pub fn reserve_id(&self, id: u64, lease: Duration) -> Result<Option<Delivery>> {
+        let lease = lease_ms(lease)?;
+        let mut live = self.lock()?;
+        let now = self.clock.now_ms();
+        self.tick(&mut live, now)?;
+        if live.state.entry(id).is_none() {
+            self.track_through(&mut live, id, now)?;
+        }
+        let Some(entry) = live.state.entry(id) else {
+            return Ok(None);
+        };
+        if matches!(entry.state, EntryState::Reserved(_)) {
+            return Ok(None);
+        }
+        let Some(frame) = self.log.read(id)? else {
+            return Ok(None);
+        };
+        let attempt = live
+            .state
+            .reserve_id(id, now.saturating_add(lease))
+            .map_err(|r| refused(&self.name, id, r))?;
+        let ticket = self.journal.append(Record::Reserve {
+            id,
+            attempts: attempt,
+            priority: entry.priority,
+        })?;
+        self.maybe_checkpoint(&mut live)?;
+        drop(live);
+        self.commit(ticket, false)?;
+        Ok(Some(Delivery {
+            id,
+            payload: frame.payload,
+            attempt,
+            enqueued_ms: frame.timestamp_ms,
+            priority: entry.priority,
+        }))
+    }
+
+    /// When the next delay falls due or lease expires (unix ms), among
+    /// messages the group has scanned.
+    pub fn next_due_ms(&self) -> Result<Option<u64>> {
+        Ok(self.lock()?.state.next_deadline())
     }
 
     fn peeked(&self, id: u64, e: Option<Entry>) -> Result<Option<Peeked>> {
@@ -935,6 +1112,9 @@ impl GroupInner {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
         self.tick(&mut live, now)?;
+        // Delayed messages ahead of the first ready fresh one are set
+        // aside by the scan, so they are found here.
+        self.peek_fresh(&mut live, now)?;
         match live.state.first_delayed() {
             Some((_, id)) => self.peeked(id, live.state.entry(id)),
             None => Ok(None),
@@ -953,13 +1133,15 @@ impl GroupInner {
         let mut live = self.lock()?;
         let now = self.clock.now_ms();
         self.tick(&mut live, now)?;
-        let (ready, reserved, delayed, buried) = live.state.counts();
-        let next_id = self.log.next_id();
-        let unscanned = next_id.saturating_sub(live.state.cursor);
+        // The scan first: it sets aside delayed messages ahead of the
+        // first ready fresh one, so they count as delayed.
         let oldest = match self.peek_fresh(&mut live, now)? {
             Some(f) => Some(f.timestamp_ms),
             None => None,
         };
+        let (ready, reserved, delayed, buried) = live.state.counts();
+        let next_id = self.log.next_id();
+        let unscanned = next_id.saturating_sub(live.state.cursor);
         let oldest_tracked = live
             .state
             .min_ready_id()
@@ -1048,7 +1230,10 @@ fn replay_record(
         | Record::Nack { id, .. }
         | Record::Bury { id }
         | Record::Kick { id }
-        | Record::DeadLetter { id } => id,
+        | Record::DeadLetter { id }
+        | Record::Delete { id }
+        | Record::Priority { id, .. }
+        | Record::Track { id } => id,
     };
     if id >= log_end {
         return Ok(false);
@@ -1112,6 +1297,17 @@ fn replay_record(
             }
         }
         Record::DeadLetter { .. } => state.replay_dead_letter(id),
+        Record::Delete { .. } => {
+            state.delete(id);
+        }
+        Record::Priority { priority, .. } => {
+            state.set_priority(id, priority);
+        }
+        Record::Track { .. } => {
+            if id >= state.cursor {
+                track_until(state, log, id + 1, now)?;
+            }
+        }
     }
     Ok(true)
 }
@@ -1139,6 +1335,29 @@ fn set_aside_until(state: &mut GroupState, log: &Arc<Log>, end: u64, now: u64) -
     Ok(())
 }
 
+/// Tracks every fresh message from the cursor up to (not including) `end`
+/// as the fresh scan would set it aside (ready at its priority, or
+/// delayed), priority 0 ones included, and moves the cursor to `end`.
+fn track_until(state: &mut GroupState, log: &Arc<Log>, end: u64, now: u64) -> Result<()> {
+    let mut reader = log.reader(state.cursor);
+    loop {
+        let f = match reader.next() {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) if e.is_corruption() => continue,
+            Err(e) => return Err(e),
+        };
+        if f.id >= end {
+            break;
+        }
+        if state.entry(f.id).is_none() {
+            state.set_aside(f.id, f.attrs.priority, f.attrs.not_before_ms, now);
+        }
+    }
+    state.cursor = state.cursor.max(end);
+    Ok(())
+}
+
 fn remove_journals_below(fs: &dyn Fs, dir: &Path, journals: &[u64], seq: u64) -> Result<()> {
     let mut removed = false;
     for &s in journals.iter().filter(|&&s| s < seq) {
@@ -1151,6 +1370,9 @@ fn remove_journals_below(fs: &dyn Fs, dir: &Path, journals: &[u64], seq: u64) ->
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod out_of_order_tests;
 
 #[cfg(test)]
 mod tests {

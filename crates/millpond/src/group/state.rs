@@ -379,6 +379,50 @@ impl GroupState {
         }
     }
 
+    /// Finishes a tracked message whatever its state (beanstalkd's
+    /// `delete`); counted with the acks. False if `id` is not tracked.
+    pub fn delete(&mut self, id: u64) -> bool {
+        if self.remove(id).is_some() {
+            self.acked_total += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives a tracked message a new priority. False if `id` is not
+    /// tracked.
+    pub fn set_priority(&mut self, id: u64, priority: u32) -> bool {
+        match self.entry(id) {
+            Some(mut e) => {
+                e.priority = priority;
+                self.set(id, e);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reserves a tracked message that is ready, delayed or buried (by
+    /// id, out of order); returns its attempt number.
+    pub fn reserve_id(&mut self, id: u64, deadline: u64) -> Result<u32, Refused> {
+        match self.entries.get(&id) {
+            Some(e) if !matches!(e.state, EntryState::Reserved(_)) => {
+                let mut e = *e;
+                e.attempts = e.attempts.saturating_add(1);
+                e.state = EntryState::Reserved(deadline);
+                self.set(id, e);
+                Ok(e.attempts)
+            }
+            _ => Err(Refused::NotReserved),
+        }
+    }
+
+    /// The first `n` delayed ids, due first first.
+    pub fn delayed_ids(&self, n: usize) -> Vec<u64> {
+        self.delayed.iter().take(n).map(|&(_, id)| id).collect()
+    }
+
     /// The first `n` buried ids (the ones `kick(n)` revives).
     pub fn buried_ids(&self, n: usize) -> Vec<u64> {
         self.buried.iter().take(n).copied().collect()
@@ -486,6 +530,40 @@ mod tests {
         s.ack(1).unwrap();
         assert_eq!(s.ack(1), Err(Refused::NotReserved));
         assert_eq!(s.kick_id(1), Err(Refused::NotBuried));
+    }
+
+    #[test]
+    fn delete_finishes_any_state_and_counts() {
+        let mut s = GroupState::new(10);
+        s.set_aside(1, 0, 0, 0);
+        s.set_aside(2, 0, 50, 0);
+        s.set_aside(3, 0, 0, 0);
+        s.bury(3).unwrap_err();
+        s.reserve_tracked(3, 100);
+        s.bury(3).unwrap();
+        s.reserve_fresh(10, 100, 1, 0);
+        for id in [1, 2, 3, 10] {
+            assert!(s.delete(id), "{id}");
+        }
+        assert!(!s.delete(1));
+        assert_eq!(s.counts(), (0, 0, 0, 0));
+        assert_eq!(s.acked_total, 4);
+    }
+
+    #[test]
+    fn reserve_by_id_takes_ready_delayed_buried_not_reserved() {
+        let mut s = GroupState::new(10);
+        s.set_aside(1, 5, 0, 0);
+        s.set_aside(2, 0, 50, 0);
+        assert_eq!(s.reserve_id(2, 99), Ok(1));
+        assert_eq!(s.reserve_id(2, 99), Err(Refused::NotReserved));
+        s.bury(2).unwrap();
+        assert_eq!(s.reserve_id(2, 99), Ok(2));
+        assert_eq!(s.reserve_id(1, 99), Ok(1));
+        assert_eq!(s.reserve_id(7, 99), Err(Refused::NotReserved));
+        assert!(s.set_priority(1, 9));
+        assert_eq!(s.entry(1).unwrap().priority, 9);
+        assert!(!s.set_priority(7, 9));
     }
 
     #[test]
