@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::args::{DurabilityArg, JsonArg, parse_duration};
 use crate::failure::{Error, error};
 use crate::progress::Progress;
-use crate::{Global, Outcome, durability, output};
+use crate::{Global, Outcome, durability, loadgen, output};
 
 /// Bytes of the stamp at the start of each payload.
 const STAMP_BYTES: u64 = 16;
@@ -47,10 +47,20 @@ payload bytes per second), and p50/p99/p999/max latencies. With --json:
    \"push_latency_us\": {\"p50\": 180, \"p99\": 950, \"p999\": 2100, \"max\": 4100},
    \"end_to_end_latency_us\": {\"p50\": …, …}}
 
+With --server ADDR it measures a queue server instead: --clients threads,
+each with its own connection, speak --protocol (beanstalk: millpond serve or
+beanstalkd; redis-list: LPUSH, LMOVE to a processing list, LREM; redis-stream:
+XADD, XREADGROUP, XACK), sending --pipeline commands before reading their
+replies. --workload put, reserve-delete (until --count, --duration or an empty
+queue) or cycle. It reports ops/s, latency (batch sent to reply), its own CPU
+and, with --server-pid, the server's (from /proc/<pid>/stat).
+
 Examples:
   millpond bench
   millpond bench --producers 8 --consumers 0 --batch 64 --durability buffered
-  millpond bench --duration 30s --size 4096 --json";
+  millpond bench --duration 30s --size 4096 --json
+  millpond bench --server 127.0.0.1:11300 --clients 8 --pipeline 16 --duration 5s
+  millpond bench --server 127.0.0.1:6379 --protocol redis-list --workload reserve-delete";
 
 /// Arguments of `millpond bench`.
 #[derive(Debug, clap::Args)]
@@ -93,6 +103,9 @@ pub struct Args {
 
     #[command(flatten)]
     json: JsonArg,
+
+    #[command(flatten)]
+    server: loadgen::ServerArgs,
 }
 
 /// State shared by the threads of a run.
@@ -127,6 +140,16 @@ type Samples = Vec<u64>;
 ///
 /// The engine's errors; a thread that failed.
 pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
+    if args.server.server.is_some() {
+        return loadgen::run(loadgen::Plan {
+            count: args.duration.is_none().then_some(args.count),
+            duration: args.duration,
+            size: usize::try_from(args.size)?,
+            queue: args.queue,
+            json: args.json.json,
+            args: args.server,
+        });
+    }
     let mode = args.durability.durability;
     let store = Store::open(&global.store, Options::default().durability(mode))?;
     let queue = store.queue(&args.queue)?;
@@ -387,7 +410,7 @@ fn consume(run: &Run, group: &Group, reserve_batch: u32) -> Result<Samples, Erro
 
 /// Latency percentiles in nanoseconds.
 #[derive(Debug, Clone, Copy, Default)]
-struct Percentiles {
+pub(crate) struct Percentiles {
     p50: u64,
     p99: u64,
     p999: u64,
@@ -396,7 +419,7 @@ struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(mut samples: Samples) -> Percentiles {
+    pub(crate) fn of(mut samples: Samples) -> Percentiles {
         if samples.is_empty() {
             return Percentiles::default();
         }
@@ -414,7 +437,7 @@ impl Percentiles {
         }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         if self.samples == 0 {
             return "no samples".to_owned();
         }
@@ -428,7 +451,7 @@ impl Percentiles {
         )
     }
 
-    fn to_json(self) -> Value {
+    pub(crate) fn to_json(self) -> Value {
         if self.samples == 0 {
             return Value::Null;
         }

@@ -17,6 +17,7 @@ mod failure;
 mod handoff;
 mod inspect;
 mod integrity;
+mod loadgen;
 mod open;
 mod output;
 mod progress;
