@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod journal;
+mod journal_writer;
 pub mod state;
 
 use std::path::{Path, PathBuf};
