@@ -38,8 +38,8 @@
 //!
 //! Engine bugs the simulator found and that are not fixed yet are listed in
 //! [`KNOWN_BUGS`]. By default the situations that show them are stepped
-//! around (the way a fixed engine would behave: fsync what a restart
-//! adopted, truncate a torn page, flip a damaged frame back) and counted in
+//! around (the way a fixed engine would behave: truncate a torn page,
+//! flip a damaged frame back) and counted in
 //! [`Totals::known_bugs`], so the run checks everything else;
 //! `--show-known-bugs [NAMES]` (or `MILLPOND_SIM_SHOW_KNOWN_BUGS` in the
 //! test) lets them fail their seeds. Once a bug is fixed, drop its entry
@@ -122,23 +122,12 @@ pub fn known_bugs_mask(spec: &str) -> Result<u32, String> {
 /// in [`Totals::known_bugs`]); [`RunOptions::show_known_bugs`] shows them.
 pub const KNOWN_BUGS: &[(&str, &str)] = &[
     (
-        "restart-adopts-unsynced-data",
-        "opening after a process restart (no power cut) adopts what the page cache holds as durable, without an fsync (log/recover.rs recover_tail, WriterState::new). \
-         (A) a segment whose directory fsync failed in roll becomes the tail; pushes into it return Ok under Sync and a power cut loses them (seeds 73, 261; through a dead-letter move, 4144). \
-         (B) frames whose fsync failed are adopted, a clean close writes a durable index covering them, a power cut drops the frames but not the index, and once the segment regrows past covered_bytes recovery trusts the stale index and scans from mid-frame: the store no longer opens under Fail (seed 39322), or an acknowledged push reads as corrupt under Skip (seed 23239). \
-         (C) a segment whose header fsync failed is adopted; after a power cut its first frame is on disk but its header is not: 'bad magic', the store no longer opens (seed 9118)",
-    ),
-    (
         "open-fails-on-damaged-frame",
         "under RecoveryMode::Skip, Store::open still fails with Corruption when group recovery reads a damaged frame: set_aside_until (journal replay from the checkpoint cursor, group/mod.rs) propagates the reader's error (seeds 5, 54)",
     ),
     (
         "torn-page-mistaken-for-damage",
         "when writeback persisted a later page of an unsynced append but not an earlier one that ends inside a frame, the damaged range is zeros plus the rest of that frame, so recover_tail's zero-gap rule does not apply: after an ordinary power cut RecoveryMode::Fail refuses to open (seed 32587) and Skip reports interior damage (seed 23692)",
-    ),
-    (
-        "group-wedged-by-damage",
-        "two damaged frames in a row across a segment boundary wedge a group: peek_fresh (group/mod.rs) recreates its reader at the group cursor whenever the reader's position moved past damage without delivering, so reserve alternates between the same two corruption errors forever and the messages after them are never delivered (seeds 1157, 1595)",
     ),
 ];
 

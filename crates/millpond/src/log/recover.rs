@@ -204,6 +204,10 @@ fn recover_tail(
         file.write_all_at(&segment::encode_header(first_id), 0)
             .ctx("write segment header", &path)?;
         file.sync_data().ctx("fsync segment", &path)?;
+        // The header write that failed may have been the one after the
+        // create, before the directory fsync: the file's name may not be
+        // durable yet, and pushes into it will return as durable.
+        fs.sync_dir(dir).ctx("fsync directory", dir)?;
         report.header_rewritten = Some(path);
         return Ok(Tail {
             file,
