@@ -21,6 +21,7 @@ mod loadgen;
 mod open;
 mod output;
 mod progress;
+mod serve;
 mod work;
 
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the store over TCP as a beanstalkd-protocol job broker.
+    #[command(display_order = 0, after_help = serve::HELP)]
+    Serve(serve::Args),
     /// Push messages: an argument, lines of stdin, or JSON Lines.
     #[command(display_order = 1, after_help = work::push::HELP)]
     Push(work::push::Args),
@@ -162,6 +166,7 @@ impl Command {
             Command::Import(args) => handoff::import::run(global, args),
             Command::Bench(args) => bench::run(global, args),
             Command::Demo(args) => demo::run(global, args),
+            Command::Serve(args) => serve::run(global, args),
         }
     }
 }
