@@ -50,8 +50,8 @@ payload bytes per second), and p50/p99/p999/max latencies. With --json:
 With --server ADDR it measures a queue server instead: --clients threads,
 each with its own connection, speak --protocol (beanstalk: millpond serve or
 beanstalkd; redis-list: LPUSH, LMOVE to a processing list, LREM; redis-stream:
-XADD, XREADGROUP, XACK), sending --pipeline commands before reading their
-replies. --workload put, reserve-delete (until --count, --duration or an empty
+XADD, XREADGROUP, XACK; nats: JetStream publish, pull with no_wait, ack),
+sending --pipeline commands before reading their replies. --workload put, reserve-delete (until --count, --duration or an empty
 queue) or cycle. It reports ops/s, latency (batch sent to reply), its own CPU
 and, with --server-pid, the server's (from /proc/<pid>/stat).
 

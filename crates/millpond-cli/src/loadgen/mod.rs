@@ -1,9 +1,10 @@
 //! `millpond bench --server ADDR`: a load generator for queue servers.
 //!
 //! Runs one thread per client, each with its own TCP connection, against
-//! `millpond serve`, beanstalkd (its text protocol) or Redis (a list with
-//! the reliable-queue pattern, or a stream with a consumer group), so
-//! the same workload measures each server side by side. The protocol
+//! `millpond serve`, beanstalkd (its text protocol), Redis (a list with
+//! the reliable-queue pattern, or a stream with a consumer group) or NATS
+//! JetStream (a work-queue stream with a pull consumer), so the same
+//! workload measures each server side by side. The protocol
 //! codecs are written here, by hand: on a 2-core machine a slow client
 //! decides the result, and its CPU is reported beside every figure.
 //!
@@ -21,6 +22,7 @@
 mod beanstalk;
 mod conn;
 mod cpu;
+mod nats;
 mod redis;
 mod resp;
 
@@ -54,6 +56,10 @@ pub enum Protocol {
     RedisList,
     /// Redis stream with a consumer group: XADD, XREADGROUP, XACK.
     RedisStream,
+    /// NATS JetStream work-queue stream on file storage: publish and wait
+    /// for the PubAck, pull one message with no_wait, ack and wait for the
+    /// ack's reply.
+    Nats,
 }
 
 /// What each client does.
@@ -292,6 +298,7 @@ fn open(plan: &Plan, addr: SocketAddr, index: usize) -> io::Result<Box<dyn Sessi
         Protocol::Beanstalk => Box::new(beanstalk::Beanstalk::open(conn, &plan.queue)?),
         Protocol::RedisList => Box::new(redis::RedisList::open(conn, &plan.queue)?),
         Protocol::RedisStream => Box::new(redis::RedisStream::open(conn, &plan.queue, index)?),
+        Protocol::Nats => Box::new(nats::Nats::open(conn, &plan.queue, index)?),
     })
 }
 
@@ -507,6 +514,7 @@ fn protocol_name(p: Protocol) -> &'static str {
         Protocol::Beanstalk => "beanstalk",
         Protocol::RedisList => "redis-list",
         Protocol::RedisStream => "redis-stream",
+        Protocol::Nats => "nats",
     }
 }
 
