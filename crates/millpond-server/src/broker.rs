@@ -210,7 +210,7 @@ impl Broker {
         };
         let ld = |a: &std::sync::atomic::AtomicU32| a.load(Ordering::Relaxed);
         format!(
-            "---\nname: \"{}\"\ncurrent-jobs-urgent: 0\ncurrent-jobs-ready: {}\n\
+            "---\nname: {}\ncurrent-jobs-urgent: 0\ncurrent-jobs-ready: {}\n\
              current-jobs-reserved: {}\ncurrent-jobs-delayed: {}\ncurrent-jobs-buried: {}\n\
              total-jobs: {}\ncurrent-using: {}\ncurrent-watching: {}\ncurrent-waiting: {}\n\
              cmd-delete: {}\ncmd-pause-tube: {}\npause: {}\npause-time-left: {}\n",

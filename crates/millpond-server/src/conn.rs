@@ -844,7 +844,7 @@ fn job_yaml(job: u64, tube: &Tube, p: &Peeked) -> String {
         MessageState::Buried => ("buried", 0),
     };
     format!(
-        "---\nid: {job}\ntube: \"{}\"\nstate: {state}\npri: {}\nage: {}\ndelay: {delay_s}\n\
+        "---\nid: {job}\ntube: {}\nstate: {state}\npri: {}\nage: {}\ndelay: {delay_s}\n\
          ttr: {ttr_s}\ntime-left: {}\nfile: 0\nreserves: {}\ntimeouts: 0\nreleases: 0\n\
          buries: 0\nkicks: 0\n",
         tube.name,

@@ -149,13 +149,28 @@ pub fn run(
     config: Config,
     on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> Result<(), ServeError> {
+    run_until(store, config, on_ready, std::future::pending())
+}
+
+/// As [`run`], and also shuts down when `stop` completes (for embedding
+/// and tests).
+///
+/// # Errors
+///
+/// As [`run`].
+pub fn run_until(
+    store: Store,
+    config: Config,
+    on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("millpond-serve")
         .build()?;
     let registry = tubes::Registry::open(store.clone(), config.max_job_bytes)?;
     let broker = Arc::new(broker::Broker::new(registry, config));
-    let r = runtime.block_on(serve(broker.clone(), on_ready));
+    let r = runtime.block_on(serve(broker.clone(), on_ready, stop));
     // Connections are gone: writers answer what they hold and stop.
     broker.tubes.stop_writers();
     drop(runtime);
@@ -170,7 +185,9 @@ pub fn run(
 async fn serve(
     broker: Arc<broker::Broker>,
     on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let mut stop = std::pin::pin!(stop);
     let listener = TcpListener::bind(&broker.config.addr).await?;
     let addr = listener.local_addr()?;
     let metrics = match &broker.config.metrics_addr {
@@ -218,6 +235,7 @@ async fn serve(
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            () = &mut stop => break,
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = usr1.recv() => {
