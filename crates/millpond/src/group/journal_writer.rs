@@ -17,6 +17,13 @@
 //!   A finished sync wakes the waiters it made durable and, if any are
 //!   left, exactly one of them to lead the next sync (hand-off), instead of
 //!   waking everyone to race for it.
+//! - **Gathering**: the threads a sync releases come back with their next
+//!   ack a moment later. Syncing as soon as the last sync ends would split
+//!   the threads into two cohorts that alternate syncs, each carrying half
+//!   of them. So a leader first waits, at most [`GATHER_MAX`], until as
+//!   many threads wait for a sync as the last one ended with (those it
+//!   carried plus those that arrived while it ran). A lone thread expects
+//!   only itself and never waits.
 //!
 //! Group commit is kept: every ack waiting while a sync runs is covered by
 //! the one sync that follows. An ack never returns before a sync that
@@ -24,10 +31,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::journal::{HEADER_LEN, Record, encode_header, file_name};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{Fs, FsFile, OpenMode};
+
+/// Longest a sync leader waits for the threads it expects to join.
+const GATHER_MAX: Duration = Duration::from_micros(300);
 
 /// An open journal file with pipelined group commit.
 #[derive(Debug)]
@@ -35,6 +46,8 @@ pub(crate) struct Journal {
     dir: PathBuf,
     fs: Arc<dyn Fs>,
     st: Mutex<JState>,
+    /// Wakes a gathering leader once the threads it expects have joined.
+    gathered: Condvar,
 }
 
 #[derive(Debug)]
@@ -54,6 +67,14 @@ struct JState {
     durable: u64,
     /// A thread is in `sync_data`.
     syncing: bool,
+    /// A would-be sync leader is waiting for others to join.
+    gathering: bool,
+    /// Threads whose records are written and that wait for a sync (the
+    /// leader and the parked ones).
+    sync_waiting: u64,
+    /// How many threads the next sync should carry: `sync_waiting` when
+    /// the last one ended.
+    sync_expected: u64,
     /// Threads parked until a sync covers their ticket (or until it is
     /// their turn to lead one). At most one per thread using the group.
     waiters: Vec<Waiter>,
@@ -128,7 +149,7 @@ impl JState {
             }
             !go
         });
-        if !self.syncing && !self.waiters.is_empty() {
+        if !self.syncing && !self.gathering && !self.waiters.is_empty() {
             let leader = self.waiters.remove(0);
             leader.cv.notify_one();
         }
@@ -152,10 +173,14 @@ impl Journal {
                 written: 0,
                 durable: 0,
                 syncing: false,
+                gathering: false,
+                sync_waiting: 0,
+                sync_expected: 0,
                 waiters: Vec::new(),
                 next_token: 0,
                 poisoned: None,
             }),
+            gathered: Condvar::new(),
         })
     }
 
@@ -190,24 +215,64 @@ impl Journal {
             ticket <= st.appended,
             "ticket {ticket} was never handed out"
         );
-        loop {
+        let mut counted = false;
+        let r = loop {
             if st.done(ticket, goal) {
-                return Ok(());
+                break Ok(());
             }
             if let Some(cause) = &st.poisoned {
-                return Err(poisoned(cause));
+                break Err(poisoned(cause));
             }
             if st.written < ticket {
-                st.write_buffered()?;
+                if let Err(e) = st.write_buffered() {
+                    break Err(e);
+                }
                 continue;
             }
             debug_assert_eq!(goal, Goal::Durable);
-            if !st.syncing {
-                st = self.sync_round(st);
+            if !counted {
+                counted = true;
+                st.sync_waiting += 1;
+                if st.gathering && st.sync_waiting >= st.sync_expected {
+                    self.gathered.notify_one();
+                }
+            }
+            if st.syncing || st.gathering {
+                st = self.park(st, ticket);
                 continue;
             }
-            st = self.park(st, ticket);
+            if st.sync_waiting < st.sync_expected {
+                st = self.gather(st);
+                if st.poisoned.is_some() {
+                    continue;
+                }
+            }
+            st = self.sync_round(st);
+        };
+        if counted {
+            st.sync_waiting -= 1;
         }
+        r
+    }
+
+    /// Waits, at most [`GATHER_MAX`], until as many threads wait for a
+    /// sync as the last one ended with.
+    fn gather<'a>(&'a self, mut st: MutexGuard<'a, JState>) -> MutexGuard<'a, JState> {
+        st.gathering = true;
+        let deadline = Instant::now() + GATHER_MAX;
+        while st.sync_waiting < st.sync_expected && st.poisoned.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            st = self
+                .gathered
+                .wait_timeout(st, deadline - now)
+                .expect("journal lock")
+                .0;
+        }
+        st.gathering = false;
+        st
     }
 
     /// Fsyncs the file without the lock, then marks what was written
@@ -221,6 +286,7 @@ impl Journal {
         let r = file.sync_data().ctx("fsync journal", &path);
         let mut st = self.lock();
         st.syncing = false;
+        st.sync_expected = st.sync_waiting;
         match r {
             Ok(()) => {
                 st.durable = st.durable.max(target);

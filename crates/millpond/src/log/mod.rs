@@ -66,9 +66,15 @@ pub(crate) struct Log {
     /// Every segment by first id; the last one is active.
     segments: RwLock<BTreeMap<u64, Arc<SegmentFile>>>,
     state: Mutex<WriterState>,
-    /// Signalled when a flush round ends (ids became written or durable,
-    /// or the log was poisoned).
-    flushed: Condvar,
+    /// Signalled when a flush round ends, by round parity: waiters whose
+    /// frames a round carries sleep on its slot and are all woken when it
+    /// ends; waiters for the next round sleep on the other slot, and only
+    /// one of them is woken to lead it (no herd of 64 threads waking to go
+    /// back to sleep). Both slots are woken when the log is poisoned.
+    flushed: [Condvar; 2],
+    /// Wakes a leader that is gathering pushers for its round once as many
+    /// have pushed as the last round carried.
+    gathered: Condvar,
     /// The active segment; held only by the thread running a flush round.
     io: Mutex<writer::WriterIo>,
     /// Wakes the interval timer early on close.

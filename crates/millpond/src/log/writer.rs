@@ -33,11 +33,21 @@ pub(crate) struct WriterState {
     pub durable_next_id: u64,
     /// A flush round is running.
     flushing: bool,
+    /// Flush rounds started; while `flushing`, the number of the running
+    /// one. Its parity picks the condvar its waiters sleep on.
+    rounds: u64,
+    /// While `flushing`: one past the last id the running round carries.
+    inflight_target: u64,
     /// A would-be leader is letting other pushers join its round.
     gathering: bool,
-    /// Frames the last synced round carried: more than one means several
-    /// pushers are active, so the next leader gathers before leading.
-    last_round_frames: u64,
+    /// `append` calls whose frames are buffered, not yet taken by a round.
+    pending_pushers: u64,
+    /// How many pushers the next synced round should carry: those the last
+    /// one carried (they are about to push again) plus those that pushed
+    /// while it ran. Under `Sync` the next leader waits, briefly, until that
+    /// many have pushed, so one fsync carries every active pusher instead of
+    /// the threads splitting into two cohorts that alternate rounds.
+    expected_pushers: u64,
     /// Set by the first failed write or fsync; every later write fails.
     pub poisoned: Option<Arc<str>>,
     pub closed: bool,
@@ -78,8 +88,11 @@ impl WriterState {
             written_next_id: next_id,
             durable_next_id: next_id,
             flushing: false,
+            rounds: 0,
+            inflight_target: next_id,
             gathering: false,
-            last_round_frames: 0,
+            pending_pushers: 0,
+            expected_pushers: 0,
             poisoned: None,
             closed: false,
         }
@@ -92,9 +105,16 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// How long a leader waits for more pushers to join a `Sync` round when the
-/// last round carried more than one frame.
-const GATHER_PAUSE: std::time::Duration = std::time::Duration::from_micros(50);
+/// The longest a `Sync` leader waits for the pushers it expects to join its
+/// round (see `WriterState::expected_pushers`); it leads as soon as they
+/// have all pushed. On 2 vCPUs, 64 threads released by one round take
+/// ~300 us to push again.
+const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(300);
+
+/// The condvar slot of a flush round.
+fn parity(round: u64) -> usize {
+    (round % 2) as usize
+}
 
 /// Whether a flush round must also fsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +150,10 @@ impl Log {
             self.encode_locked(&mut st, payload, attrs, ts);
         }
         let last = st.next_id - 1;
+        st.pending_pushers += 1;
+        if st.gathering && st.pending_pushers >= st.expected_pushers {
+            self.gathered.notify_one();
+        }
         match self.opts.durability {
             Durability::Sync => {
                 self.wait_for(st, last, Goal::Durable)?;
@@ -228,19 +252,42 @@ impl Log {
                 return Err(self.poisoned_error(cause));
             }
             if st.flushing || st.gathering {
-                st = self.flushed.wait(st).expect("writer lock");
+                // Carried by the running round: woken when it ends. Else
+                // carried by the next one, led by a gathering thread or by
+                // the one waiter the running round's end wakes.
+                let round = if st.flushing && id < st.inflight_target {
+                    st.rounds
+                } else {
+                    st.rounds + 1
+                };
+                st = self.flushed[parity(round)]
+                    .wait(st)
+                    .expect("writer lock");
                 continue;
             }
-            if goal == Goal::Durable && st.last_round_frames > 1 {
-                // Pushers whose frames the last round carried are about to
-                // push again: a short pause lets them join this round
-                // instead of waiting for the next (each fsync then carries
-                // nearly every pusher, not half of them). A lone pusher
-                // never pauses.
+            if goal == Goal::Durable
+                && self.opts.durability == Durability::Sync
+                && st.pending_pushers < st.expected_pushers
+            {
+                // Pushers the last round carried are about to push again:
+                // wait for them (bounded), so this fsync carries them too.
+                // A lone pusher never waits (it expects only itself).
                 st.gathering = true;
-                drop(st);
-                std::thread::sleep(GATHER_PAUSE);
-                st = self.state.lock().expect("writer lock");
+                let deadline = std::time::Instant::now() + GATHER_MAX;
+                while st.pending_pushers < st.expected_pushers
+                    && !st.closed
+                    && st.poisoned.is_none()
+                {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    st = self
+                        .gathered
+                        .wait_timeout(st, deadline - now)
+                        .expect("writer lock")
+                        .0;
+                }
                 st.gathering = false;
             }
             let (guard, result) = self.flush_round(st, goal);
@@ -258,9 +305,13 @@ impl Log {
     ) -> (MutexGuard<'a, WriterState>, Result<()>) {
         debug_assert!(!st.flushing);
         st.flushing = true;
+        st.rounds += 1;
+        let round = st.rounds;
         let chunks = std::mem::take(&mut st.chunks);
         st.pending_bytes = 0;
+        let pushers = std::mem::take(&mut st.pending_pushers);
         let target = st.next_id;
+        st.inflight_target = target;
         let sync = goal == Goal::Durable && st.durable_next_id < target;
         drop(st);
         let result = self.write_chunks(chunks, sync);
@@ -269,20 +320,26 @@ impl Log {
         match &result {
             Ok(()) => {
                 if sync {
-                    st.last_round_frames = target - st.written_next_id.min(target);
+                    st.expected_pushers = pushers + st.pending_pushers;
                 }
                 st.written_next_id = target;
                 if sync {
                     st.durable_next_id = target;
                 }
+                // Everyone this round carried; one waiter of the next round
+                // to lead it (it wakes the rest of its round when done).
+                self.flushed[parity(round)].notify_all();
+                self.flushed[parity(round + 1)].notify_one();
             }
             Err(e) => {
                 if st.poisoned.is_none() {
                     st.poisoned = Some(Arc::from(e.to_string()));
                 }
+                for cv in &self.flushed {
+                    cv.notify_all();
+                }
             }
         }
-        self.flushed.notify_all();
         (st, result)
     }
 
@@ -411,7 +468,10 @@ impl Log {
         let flushed = self.flush();
         let mut st = self.state.lock().expect("writer lock");
         while st.flushing {
-            st = self.flushed.wait(st).expect("writer lock");
+            let round = st.rounds;
+            st = self.flushed[parity(round)]
+                .wait(st)
+                .expect("writer lock");
         }
         let clean = st.poisoned.is_none() && st.durable_next_id >= st.next_id;
         drop(st);
