@@ -260,9 +260,7 @@ impl Log {
                 } else {
                     st.rounds + 1
                 };
-                st = self.flushed[parity(round)]
-                    .wait(st)
-                    .expect("writer lock");
+                st = self.flushed[parity(round)].wait(st).expect("writer lock");
                 continue;
             }
             if goal == Goal::Durable
@@ -469,9 +467,7 @@ impl Log {
         let mut st = self.state.lock().expect("writer lock");
         while st.flushing {
             let round = st.rounds;
-            st = self.flushed[parity(round)]
-                .wait(st)
-                .expect("writer lock");
+            st = self.flushed[parity(round)].wait(st).expect("writer lock");
         }
         let clean = st.poisoned.is_none() && st.durable_next_id >= st.next_id;
         drop(st);
