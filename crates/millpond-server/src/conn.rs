@@ -421,6 +421,13 @@ impl Conn {
     /// One attempt to reserve from the watched tubes: the best (priority,
     /// id) among those not paused.
     fn try_reserve(&mut self) -> millpond::Result<Option<(Arc<Tube>, Delivery)>> {
+        if let [tube] = self.watched.as_slice() {
+            // The common case, without allocating.
+            if tube.paused_until().is_some() {
+                return Ok(None);
+            }
+            return Ok(tube.group.reserve(LEASE_INITIAL)?.map(|d| (tube.clone(), d)));
+        }
         let candidates: Vec<Arc<Tube>> = self
             .watched
             .iter()
