@@ -35,6 +35,9 @@ const LEASE_INITIAL: Duration = Duration::from_secs(120);
 const TTR_MAX_S: u32 = 30 * 24 * 3600;
 /// Output written before parsing more of a burst.
 const OUT_FLUSH_BYTES: usize = 256 << 10;
+/// A client whose replies cannot be written for this long (it does not
+/// read them) is disconnected.
+const WRITE_STALL_MAX: Duration = Duration::from_secs(30);
 
 /// A reservation this connection holds.
 #[derive(Debug)]
@@ -185,7 +188,7 @@ impl Conn {
                                 };
                                 if let Flow::Close = flow {
                                     self.settle_pending().await;
-                                    wr.write_all(&self.out).await?;
+                                    write_out(wr, &mut self.out).await?;
                                     return Ok(());
                                 }
                             }
@@ -426,7 +429,10 @@ impl Conn {
             if tube.paused_until().is_some() {
                 return Ok(None);
             }
-            return Ok(tube.group.reserve(LEASE_INITIAL)?.map(|d| (tube.clone(), d)));
+            return Ok(tube
+                .group
+                .reserve(LEASE_INITIAL)?
+                .map(|d| (tube.clone(), d)));
         }
         let candidates: Vec<Arc<Tube>> = self
             .watched
@@ -876,7 +882,15 @@ async fn write_out(wr: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> std::io::Resul
     if out.is_empty() {
         return Ok(());
     }
-    wr.write_all(out).await?;
+    match tokio::time::timeout(WRITE_STALL_MAX, wr.write_all(out)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client does not read its replies",
+            ));
+        }
+    }
     out.clear();
     Ok(())
 }

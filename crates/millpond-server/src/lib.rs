@@ -39,7 +39,8 @@
 //! [`Config::max_connections`] are accepted and closed at once. A
 //! connection reads no more input while its replies are being written, so
 //! a client that does not read its replies stops being read from and
-//! holds one bounded input buffer and the replies of one burst. Idle
+//! holds one bounded input buffer and at most 256 KiB of replies (plus
+//! one job); if they cannot be written for 30 s it is disconnected. Idle
 //! connections cost a task and a small buffer each; their reservations
 //! end with their TTR like anyone's.
 //!
