@@ -113,3 +113,38 @@ fn zero_filled_gap_in_unsynced_tail_is_cut_like_a_torn_tail() {
         (gap_start + 28 + 4) as u64
     );
 }
+
+/// A reader tailing a `Sync` queue must never return a frame that is written
+/// but not yet durable, nor skip one: it caches the visible limit (to keep
+/// the writer's lock off the read path) and refreshes it only on reaching
+/// it, and a frame met at or past the limit leaves the cursor where it was.
+#[test]
+fn tailing_reader_under_sync_skips_no_frame() {
+    const COUNT: u64 = 1500;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let q = store.queue("q").unwrap();
+    let first = q.next_id();
+    std::thread::scope(|s| {
+        let pusher = q.clone();
+        s.spawn(move || {
+            for i in 0..COUNT {
+                pusher.push(payload(i, 100)).unwrap();
+            }
+        });
+        let mut reader = q.reader(first);
+        let mut expected = first;
+        while expected < first + COUNT {
+            match reader.next() {
+                Some(m) => {
+                    let m = m.unwrap();
+                    assert_eq!(m.id, expected, "the reader skipped or repeated an id");
+                    assert_eq!(m.payload, payload(expected - first, 100));
+                    expected += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+    });
+    store.close().unwrap();
+}

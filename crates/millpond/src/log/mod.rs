@@ -146,6 +146,7 @@ impl Log {
             log: self.clone(),
             next_id: id,
             cursor: None,
+            limit: 0,
         }
     }
 
@@ -192,6 +193,9 @@ pub(crate) struct LogReader {
     log: Arc<Log>,
     next_id: u64,
     cursor: Option<segments::Cursor>,
+    /// One past the last visible id when last asked; asked again (a lock
+    /// of the writer) only once the reader reaches it.
+    limit: u64,
 }
 
 impl LogReader {
@@ -199,7 +203,10 @@ impl LogReader {
     /// A corruption error is returned once per damaged range; reading
     /// continues after it.
     pub fn next(&mut self) -> Result<Option<StoredFrame>> {
-        let limit = self.log.visible_next_id()?;
+        if self.next_id >= self.limit {
+            self.limit = self.log.visible_next_id()?;
+        }
+        let limit = self.limit;
         loop {
             if self.next_id >= limit {
                 return Ok(None);
@@ -234,7 +241,13 @@ impl LogReader {
             let cursor = self.cursor.as_mut().expect("set above");
             match cursor.next_frame()? {
                 Some(f) if f.id < self.next_id => {}
-                Some(f) if f.id >= limit => return Ok(None),
+                Some(f) if f.id >= limit => {
+                    // Not visible yet (written, not durable): the cursor
+                    // moved past it, so seek again next time rather than
+                    // skip it.
+                    self.cursor = None;
+                    return Ok(None);
+                }
                 Some(f) => {
                     self.next_id = f.id + 1;
                     return Ok(Some(f));

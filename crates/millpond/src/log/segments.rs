@@ -257,6 +257,7 @@ impl SegmentFile {
             buf_start: 0,
             payload_len_max,
             chunk: READ_CHUNK_SMALL,
+            sealed: None,
         })
     }
 }
@@ -292,6 +293,9 @@ pub(crate) struct Cursor {
     /// Bytes read ahead per `pread`: small for point reads, large for
     /// sequential ones.
     chunk: usize,
+    /// The map and length of a sealed segment, once seen: neither changes
+    /// after sealing, so later frames skip the segment lock.
+    sealed: Option<(Arc<Mapped>, u64)>,
 }
 
 const READ_CHUNK_SMALL: usize = 16 << 10;
@@ -308,16 +312,35 @@ impl Cursor {
     /// corruption error for bad bytes (the cursor then moves past them, so
     /// the next call returns the valid frames after the damage).
     pub fn next_frame(&mut self) -> Result<Option<StoredFrame>> {
+        // The common case of a sequential read of a sealed segment: no lock,
+        // no reference count, just the decode.
+        if let Some((m, len)) = &self.sealed {
+            let len = *len;
+            if self.pos >= len {
+                return Ok(None);
+            }
+            let pos = self.pos;
+            if let Ok(f) =
+                Self::decode_owned(&m[pos as usize..len as usize], pos, self.payload_len_max)
+                && f.id >= self.min_id
+            {
+                self.pos = pos + u64::from(f.frame_len);
+                self.min_id = f.id + 1;
+                return Ok(Some(f));
+            }
+            // Damage: the general path below reports it and resyncs.
+        }
         let (len, map) = {
             let inner = self.seg.inner.read().expect("segment lock");
-            (
-                inner.len,
-                if inner.sealed {
-                    inner.map.clone()
-                } else {
-                    None
-                },
-            )
+            let map = if inner.sealed {
+                inner.map.clone()
+            } else {
+                None
+            };
+            if let Some(m) = &map {
+                self.sealed = Some((m.clone(), inner.len));
+            }
+            (inner.len, map)
         };
         if self.pos >= len {
             return Ok(None);
