@@ -1,0 +1,221 @@
+//! Durability end to end: `millpond serve --durability sync` is killed with
+//! SIGKILL while several clients put; after a restart every job whose
+//! `INSERTED <id>` a client read is there with its body, every job whose
+//! `DELETED` a client read is gone, and jobs that were reserved but not
+//! deleted come back as ready (once their TTR has passed). Several rounds
+//! on the same store.
+
+#[path = "common/server.rs"]
+mod server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use server::{Reply, Server};
+
+const ROUNDS: usize = 3;
+const PUTTERS: usize = 4;
+/// Jobs reserved (and never deleted) just before each kill.
+const HELD: usize = 5;
+/// The TTR of the held jobs: long enough that they are still reserved when
+/// the server is killed, short enough to come back soon after a restart.
+const HELD_TTR_SECS: u32 = 2;
+/// How long the putters run before the kill.
+const PUT_WINDOW: Duration = Duration::from_millis(400);
+
+fn start(store: &Path) -> Server {
+    Server::start(store, &["--durability", "sync"])
+}
+
+/// Puts `round-client-n` bodies into tube `work` until the server dies;
+/// returns what the server acknowledged.
+fn putter(
+    addr: std::net::SocketAddr,
+    round: usize,
+    client: usize,
+    ready: Arc<Barrier>,
+) -> Vec<(u64, Vec<u8>)> {
+    let mut conn = server::Conn::connect(addr);
+    conn.expect("use work", "USING work");
+    ready.wait();
+    let mut acknowledged = Vec::new();
+    for n in 0.. {
+        let body = format!("r{round}-c{client}-{n}").into_bytes();
+        match conn.try_put(0, 0, 60, &body) {
+            Some(id) => acknowledged.push((id, body)),
+            None => break,
+        }
+    }
+    acknowledged
+}
+
+#[test]
+fn sigkill_during_sync_puts_loses_no_acknowledged_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // Every job a client saw INSERTED for and never saw DELETED for.
+    let mut live: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut deleted: BTreeSet<u64> = BTreeSet::new();
+    for round in 0..ROUNDS {
+        let mut server = start(&store);
+        let mut admin = server.connect();
+
+        // Everything acknowledged before is still there.
+        check_present(&mut admin, &live, &deleted, round);
+
+        // Jobs reserved by a client that is then killed with the server.
+        admin.expect("use held", "USING held");
+        let mut held_ids = BTreeSet::new();
+        for n in 0..HELD {
+            let body = format!("held-r{round}-{n}").into_bytes();
+            let id = admin.put(0, 0, HELD_TTR_SECS, &body);
+            live.insert(id, body);
+            held_ids.insert(id);
+        }
+        let mut holder = server.connect();
+        holder.expect("watch held", "WATCHING 2");
+        holder.expect("ignore default", "WATCHING 1");
+        for _ in 0..HELD {
+            let (id, _) = holder.reserve(0);
+            assert!(held_ids.contains(&id), "reserved {id}, not a held job");
+        }
+
+        // Delete a few of the jobs from earlier rounds: DELETED is durable.
+        admin.expect("watch work", "WATCHING 2");
+        let mut removed = 0;
+        while removed < 10 {
+            let reply = admin.cmd("reserve-with-timeout 0");
+            if reply.line() == "TIMED_OUT" {
+                break;
+            }
+            let Reply::Line { line, body } = reply else {
+                panic!("reserve: server closed the connection")
+            };
+            let id: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+            assert_eq!(
+                live.get(&id),
+                body.as_ref(),
+                "reserved job {id} has the wrong body"
+            );
+            admin.expect(&format!("delete {id}"), "DELETED");
+            live.remove(&id);
+            deleted.insert(id);
+            removed += 1;
+        }
+        assert!(
+            round == 0 || removed == 10,
+            "round {round}: too few earlier jobs to delete"
+        );
+
+        // Several clients put until the server is killed.
+        let ready = Arc::new(Barrier::new(PUTTERS + 1));
+        let putters: Vec<_> = (0..PUTTERS)
+            .map(|client| {
+                let (addr, ready) = (server.addr, Arc::clone(&ready));
+                std::thread::spawn(move || putter(addr, round, client, ready))
+            })
+            .collect();
+        ready.wait();
+        std::thread::sleep(PUT_WINDOW);
+        server.assert_running();
+        let status = server.kill9();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        let mut acknowledged = 0;
+        for putter in putters {
+            for (id, body) in putter.join().unwrap() {
+                assert!(
+                    live.insert(id, body).is_none() && !deleted.contains(&id),
+                    "round {round}: id {id} handed out twice"
+                );
+                acknowledged += 1;
+            }
+        }
+        assert!(
+            acknowledged >= PUTTERS,
+            "round {round}: only {acknowledged} puts in {PUT_WINDOW:?}"
+        );
+        println!("round {round}: {acknowledged} puts acknowledged before the kill");
+        drop((admin, holder));
+
+        // After the restart the held jobs come back to be reserved again.
+        let server = start(&store);
+        let mut conn = server.connect();
+        check_present(&mut conn, &live, &deleted, round + 1);
+        conn.expect("watch held", "WATCHING 2");
+        conn.expect("ignore default", "WATCHING 1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut back = BTreeSet::new();
+        while back != held_ids {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: reserved-but-not-deleted jobs {:?} did not come back",
+                held_ids.difference(&back).collect::<Vec<_>>()
+            );
+            let reply = conn.cmd("reserve-with-timeout 1");
+            match reply.line() {
+                "TIMED_OUT" | "DEADLINE_SOON" => continue,
+                _ => {}
+            }
+            let Reply::Line { line, body } = &reply else {
+                panic!("reserve: server closed the connection")
+            };
+            let id: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+            assert!(
+                held_ids.contains(&id),
+                "reserved {id} from tube held: {line}"
+            );
+            assert_eq!(live.get(&id), body.as_ref());
+            // Deleting is an acknowledgement; the next round checks it.
+            conn.expect(&format!("delete {id}"), "DELETED");
+            live.remove(&id);
+            deleted.insert(id);
+            back.insert(id);
+        }
+        drop(conn);
+        assert_eq!(
+            server.terminate().code(),
+            Some(0),
+            "clean shutdown after round {round}"
+        );
+    }
+    // A last restart: the deletes of the last round held too.
+    let server = start(&store);
+    let mut conn = server.connect();
+    check_present(&mut conn, &live, &deleted, ROUNDS + 1);
+}
+
+/// Every job in `live` can be peeked with its body; none in `deleted` can.
+fn check_present(
+    conn: &mut server::Conn,
+    live: &BTreeMap<u64, Vec<u8>>,
+    deleted: &BTreeSet<u64>,
+    round: usize,
+) {
+    for (id, body) in live {
+        let reply = conn.cmd(&format!("peek {id}"));
+        match &reply {
+            Reply::Line {
+                line,
+                body: Some(got),
+            } if *line == format!("FOUND {id} {}", body.len()) => {
+                assert_eq!(got, body, "restart {round}: job {id} has the wrong body");
+            }
+            _ => panic!(
+                "restart {round}: acknowledged job {id} ({:?}) is missing: {reply:?}",
+                String::from_utf8_lossy(body)
+            ),
+        }
+    }
+    for id in deleted {
+        assert_eq!(
+            conn.cmd(&format!("peek {id}")).line(),
+            "NOT_FOUND",
+            "restart {round}: deleted job {id} is back"
+        );
+    }
+}
