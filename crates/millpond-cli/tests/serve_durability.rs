@@ -145,6 +145,14 @@ fn sigkill_during_sync_puts_loses_no_acknowledged_job() {
         // After the restart the held jobs come back to be reserved again.
         let server = start(&store);
         let mut conn = server.connect();
+        // docs/beanstalkd-compat.md: jobs reserved at a crash are ready again.
+        for id in &held_ids {
+            let stats = conn.stats(&format!("stats-job {id}"));
+            assert!(
+                stats.contains(&("state".to_owned(), "ready".to_owned())),
+                "round {round}: held job {id} after the restart: {stats:?}"
+            );
+        }
         check_present(&mut conn, &live, &deleted, round + 1);
         conn.expect("watch held", "WATCHING 2");
         conn.expect("ignore default", "WATCHING 1");

@@ -103,6 +103,11 @@ impl Server {
         Conn::connect(self.addr)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `Some(status)` if the process has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().unwrap()
@@ -221,6 +226,12 @@ impl Beanstalkd {
     /// Connects a client.
     pub fn connect(&self) -> Conn {
         Conn::connect(self.addr)
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), signal)
+            .expect("signal beanstalkd");
     }
 }
 
