@@ -173,8 +173,8 @@ impl Broker {
              rusage-utime: {}.{:06}\nrusage-stime: {}.{:06}\nuptime: {}\n\
              binlog-oldest-index: 0\nbinlog-current-index: 0\n\
              binlog-records-migrated: 0\nbinlog-records-written: 0\n\
-             binlog-max-size: 0\ndraining: {}\nid: {}\nhostname: \"{}\"\nos: \"{}\"\n\
-             platform: \"{}\"\n",
+             binlog-max-size: 0\ndraining: {}\nid: {}\nhostname: {}\nos: {}\n\
+             platform: {}\n",
             ld(&self.timeouts),
             ld(&self.puts_total),
             self.config.max_job_bytes,
@@ -194,7 +194,8 @@ impl Broker {
             self.draining.load(Ordering::Relaxed),
             self.instance,
             proc_text("/proc/sys/kernel/hostname"),
-            proc_text("/proc/sys/kernel/osrelease"),
+            // uname's version, as beanstalkd 1.12 prints it.
+            proc_text("/proc/sys/kernel/version"),
             std::env::consts::ARCH,
         );
         s

@@ -184,6 +184,9 @@ impl Conn {
                                     Command::Reserve(timeout) => {
                                         self.reserve(timeout, rd, wr, shutdown).await?
                                     }
+                                    Command::ReserveForever => {
+                                        self.reserve(None, rd, wr, shutdown).await?
+                                    }
                                     cmd => self.exec(cmd).await,
                                 };
                                 if let Flow::Close = flow {
@@ -444,10 +447,13 @@ impl Conn {
             0 => return Ok(None),
             1 => candidates[0].clone(),
             _ => {
-                let mut best: Option<((u32, u64), Arc<Tube>)> = None;
+                // beanstalkd takes the lowest (priority, id), and its ids
+                // follow put order across tubes: here, (priority, put time
+                // in ms, id).
+                let mut best: Option<((u32, u64, u64), Arc<Tube>)> = None;
                 for t in &candidates {
                     if let Some(p) = t.group.peek_ready()? {
-                        let key = (p.priority, job_id(t.number, p.id));
+                        let key = (p.priority, p.enqueued_ms, job_id(t.number, p.id));
                         if best.as_ref().is_none_or(|(k, _)| key < *k) {
                             best = Some((key, t.clone()));
                         }
@@ -556,7 +562,9 @@ impl Conn {
 
     async fn exec(&mut self, cmd: Command<'_>) -> Flow {
         match cmd {
-            Command::Put { .. } | Command::Reserve(_) => unreachable!("handled by the caller"),
+            Command::Put { .. } | Command::Reserve(_) | Command::ReserveForever => {
+                unreachable!("handled by the caller")
+            }
             Command::Quit => return Flow::Close,
             Command::Delete(job) => {
                 let Some((tube, message)) = self.tube_of(job) else {

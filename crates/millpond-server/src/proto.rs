@@ -3,7 +3,8 @@
 //! Parsing follows beanstalkd 1.12's `prot.c` to the byte, quirks
 //! included: commands are matched by prefix in its order (so `quitx` is
 //! `quit` and `reservex` is a malformed `reserve`), numbers are decimal
-//! with leading spaces and no sign, `kick` and `reserve-with-timeout`
+//! with leading spaces and no sign, except `kick` (C's `strtoul`) and
+//! `reserve-with-timeout` (`strtol`, as in the 1.12 release), which also
 //! ignore what follows their number, `put` checks the body size against
 //! the limit before it rejects trailing garbage.
 
@@ -150,6 +151,9 @@ pub enum Command<'a> {
     PeekBuried,
     /// `reserve` (`None`) or `reserve-with-timeout` (seconds).
     Reserve(Option<u32>),
+    /// `reserve-with-timeout` with a negative timeout: waits forever, like
+    /// `reserve`, but counted as `reserve-with-timeout`.
+    ReserveForever,
     ReserveJob(u64),
     Delete(u64),
     Release {
@@ -190,7 +194,7 @@ impl Command<'_> {
             Command::PeekDelayed => Op::PeekDelayed,
             Command::PeekBuried => Op::PeekBuried,
             Command::Reserve(None) => Op::Reserve,
-            Command::Reserve(Some(_)) => Op::ReserveWithTimeout,
+            Command::Reserve(Some(_)) | Command::ReserveForever => Op::ReserveWithTimeout,
             Command::ReserveJob(_) => Op::ReserveJob,
             Command::Delete(_) => Op::Delete,
             Command::Release { .. } => Op::Release,
@@ -287,6 +291,43 @@ fn u64_end(buf: &[u8]) -> Option<u64> {
         (n, []) => Some(n),
         _ => None,
     }
+}
+
+/// C's `strtol(s, &end, 10)` on a 64-bit platform: leading white space,
+/// an optional sign, digits; no digits is 0; trailing bytes ignored.
+/// `None` when the value overflows a 64-bit long (`ERANGE`).
+fn strtol(buf: &[u8]) -> Option<i64> {
+    let mut i = 0;
+    while buf
+        .get(i)
+        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r'))
+    {
+        i += 1;
+    }
+    let negative = match buf.get(i) {
+        Some(b'-') => {
+            i += 1;
+            true
+        }
+        Some(b'+') => {
+            i += 1;
+            false
+        }
+        _ => false,
+    };
+    let mut n: i128 = 0;
+    while let Some(&d) = buf.get(i) {
+        if !d.is_ascii_digit() {
+            break;
+        }
+        n = n * 10 + i128::from(d - b'0');
+        if n > i128::from(i64::MAX) + 1 {
+            return None;
+        }
+        i += 1;
+    }
+    let n = if negative { -n } else { n };
+    i64::try_from(n).ok()
 }
 
 /// C's `strtoul(s, &end, 10)` on a 64-bit platform, truncated to the
@@ -397,9 +438,16 @@ pub fn parse(line: &[u8], max_job_bytes: u32) -> Parsed<'_> {
         return exact(b"peek-buried", C::PeekBuried);
     }
     if let Some(rest) = line.strip_prefix(b"reserve-with-timeout ") {
-        return cmd(u32_then(rest)
-            .filter(|&(t, _)| t <= i32::MAX as u32)
-            .map(|(t, _)| C::Reserve(Some(t))));
+        // beanstalkd 1.12: `timeout = strtol(...)` into an `int`, only
+        // overflow of the long is an error; a negative timeout waits
+        // forever, no digits is 0.
+        return match strtol(rest) {
+            Some(t) => match t as i32 {
+                t if t < 0 => Parsed::Command(C::ReserveForever),
+                t => Parsed::Command(C::Reserve(Some(t as u32))),
+            },
+            None => bad,
+        };
     }
     if let Some(rest) = line.strip_prefix(b"reserve-job ") {
         return cmd(u64_end(rest).map(C::ReserveJob));
@@ -534,8 +582,19 @@ mod tests {
             p("reserve-with-timeout 5junk"),
             Parsed::Command(Command::Reserve(Some(5)))
         );
+        // beanstalkd 1.12 reads the timeout with strtol into an int.
+        for (line, want) in [
+            ("reserve-with-timeout 2147483648", Command::ReserveForever),
+            ("reserve-with-timeout -1", Command::ReserveForever),
+            ("reserve-with-timeout x", Command::Reserve(Some(0))),
+            ("reserve-with-timeout ", Command::Reserve(Some(0))),
+            ("reserve-with-timeout 4294967296", Command::Reserve(Some(0))),
+            ("reserve-with-timeout  +7", Command::Reserve(Some(7))),
+        ] {
+            assert_eq!(p(line), Parsed::Command(want), "{line}");
+        }
         assert_eq!(
-            p("reserve-with-timeout 2147483648"),
+            p("reserve-with-timeout 99999999999999999999"),
             Parsed::Reply(BAD_FORMAT)
         );
         assert_eq!(p("stats "), Parsed::Reply(BAD_FORMAT));
