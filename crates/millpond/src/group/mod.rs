@@ -1299,6 +1299,12 @@ fn replay_record(
         }
         Record::DeadLetter { .. } => state.replay_dead_letter(id),
         Record::Delete { .. } => {
+            if id >= state.cursor && state.entry(id).is_none() {
+                // Deleted while set aside by a scan that left no record
+                // (a fresh message deleted first has a track record).
+                set_aside_until(state, log, id + 1, now)?;
+                state.cursor = state.cursor.max(id + 1);
+            }
             state.delete(id);
         }
         Record::Priority { priority, .. } => {
