@@ -87,6 +87,9 @@ struct Conn {
     notify: Arc<Notify>,
     pending: VecDeque<Pending>,
     out: Vec<u8>,
+    /// Tubes this connection has named by number (saves the registry
+    /// lock on every job id).
+    known: HashMap<u32, Arc<Tube>>,
 }
 
 /// Serves one connection until it closes, errs, or shutdown is asked.
@@ -110,6 +113,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, mut shutdown: watch::
         notify: Arc::new(Notify::new()),
         pending: VecDeque::new(),
         out: Vec::with_capacity(4096),
+        known: HashMap::new(),
     };
     tracing::debug!(conn = c.id, ?peer, "connected");
     let (mut rd, mut wr) = stream.into_split();
@@ -325,12 +329,18 @@ impl Conn {
     }
 
     /// The tube of a job id, if it exists.
-    fn tube_of(&self, job: u64) -> Option<(Arc<Tube>, u64)> {
+    fn tube_of(&mut self, job: u64) -> Option<(Arc<Tube>, u64)> {
         let (number, message) = split_job_id(job);
         if message == 0 {
             return None;
         }
+        if let Some(t) = self.known.get(&number) {
+            return Some((t.clone(), message));
+        }
         let tube = self.broker.tubes.by_number(number).ok().flatten()?;
+        if self.known.len() < 64 {
+            self.known.insert(number, tube.clone());
+        }
         Some((tube, message))
     }
 

@@ -51,7 +51,7 @@ pub fn render(b: &Broker) -> String {
     let _ = writeln!(s, "millpond_deletes_total {}", ld(&b.deletes_total));
     let _ = writeln!(s, "# HELP millpond_jobs Jobs by tube and state.");
     let _ = writeln!(s, "# TYPE millpond_jobs gauge");
-    for t in b.tubes.opened() {
+    for t in b.tubes.all() {
         if let Ok(st) = t.group.stats() {
             for (state, n) in [
                 ("ready", st.ready),

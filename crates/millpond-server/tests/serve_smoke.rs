@@ -172,3 +172,100 @@ fn jobs_and_tubes_survive_a_restart() {
     assert_eq!(c.job("FOUND"), ((1 << 40) | 2, b"later".to_vec()));
     server.stop();
 }
+
+#[test]
+fn concurrent_producers_and_workers_deliver_every_job_once() {
+    const PRODUCERS: u64 = 6;
+    const PER_PRODUCER: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let mut c = server.connect();
+            std::thread::spawn(move || {
+                c.send(b"use work\r\n");
+                assert_eq!(c.line(), "USING work");
+                let mut ids = Vec::new();
+                for i in 0..PER_PRODUCER {
+                    let body = format!("{p}:{i}");
+                    c.send(format!("put {} 0 60 {}\r\n{body}\r\n", i % 3, body.len()).as_bytes());
+                    let l = c.line();
+                    ids.push(l.strip_prefix("INSERTED ").unwrap().parse::<u64>().unwrap());
+                }
+                ids
+            })
+        })
+        .collect();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = server.connect();
+            std::thread::spawn(move || {
+                c.send(b"watch work\r\nignore default\r\n");
+                assert_eq!(c.line(), "WATCHING 2");
+                assert_eq!(c.line(), "WATCHING 1");
+                let mut got = Vec::new();
+                loop {
+                    c.send(b"reserve-with-timeout 2\r\n");
+                    let l = c.line();
+                    if l == "TIMED_OUT" {
+                        return got;
+                    }
+                    let parts: Vec<&str> = l.split(' ').collect();
+                    assert_eq!(parts[0], "RESERVED", "{l}");
+                    let n: usize = parts[2].parse().unwrap();
+                    let mut body = vec![0; n + 2];
+                    c.r.read_exact(&mut body).unwrap();
+                    body.truncate(n);
+                    let id: u64 = parts[1].parse().unwrap();
+                    c.send(format!("delete {id}\r\n").as_bytes());
+                    assert_eq!(c.line(), "DELETED", "job {id}");
+                    got.push((id, String::from_utf8(body).unwrap()));
+                }
+            })
+        })
+        .collect();
+    let mut inserted = std::collections::BTreeSet::new();
+    for p in producers {
+        for id in p.join().unwrap() {
+            assert!(inserted.insert(id), "id {id} inserted twice");
+        }
+    }
+    let mut delivered = std::collections::BTreeMap::new();
+    for w in workers {
+        for (id, body) in w.join().unwrap() {
+            assert!(
+                delivered.insert(id, body).is_none(),
+                "job {id} delivered twice"
+            );
+        }
+    }
+    assert_eq!(inserted.len() as u64, PRODUCERS * PER_PRODUCER);
+    assert_eq!(
+        delivered
+            .keys()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        inserted
+    );
+    let mut bodies: Vec<&String> = delivered.values().collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len() as u64, PRODUCERS * PER_PRODUCER);
+    let mut c = server.connect();
+    // Empty and unused, the tube is gone (as in beanstalkd) until used.
+    c.send(b"stats-tube work\r\nuse work\r\nstats-tube work\r\n");
+    assert_eq!(c.line(), "NOT_FOUND");
+    assert_eq!(c.line(), "USING work");
+    let head = c.line();
+    let n: usize = head.strip_prefix("OK ").unwrap().parse().unwrap();
+    let mut yaml = vec![0; n + 2];
+    c.r.read_exact(&mut yaml).unwrap();
+    let yaml = String::from_utf8(yaml).unwrap();
+    assert!(yaml.contains("current-jobs-ready: 0\n"), "{yaml}");
+    assert!(yaml.contains("current-jobs-reserved: 0\n"), "{yaml}");
+    assert!(
+        yaml.contains(&format!("cmd-delete: {}\n", PRODUCERS * PER_PRODUCER)),
+        "{yaml}"
+    );
+    server.stop();
+}
