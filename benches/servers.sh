@@ -13,6 +13,9 @@
 #   --no-build    use the millpond binary already built (or $MILLPOND)
 #   --no-rss      skip the RSS measurement
 #   --only TEXT   only the systems whose name contains TEXT (e.g. redis)
+#   --priority N  priority of beanstalk-protocol puts (default 1024, the
+#                 default of pheanstalk; millpond tracks every job whose
+#                 priority is not 0 in memory and in its checkpoints)
 #
 # Needs: beanstalkd, redis-server, jq, python3, cargo; nats-server for the
 # NATS rows (skipped without it). Prints a table per
@@ -41,6 +44,7 @@ BUILD=1
 RSS=1
 CLIENT_COUNTS="1 8 64"
 ONLY=
+PRIORITY=1024
 SIZE=100
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -51,7 +55,8 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --no-rss) RSS=0 ;;
         --only) ONLY=$2; shift ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        --priority) PRIORITY=$2; shift ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -196,7 +201,7 @@ measure() {
     local queue=bench-$protocol
     "$BIN" bench --server "$SERVER_ADDR" --server-pid "$SERVER_PID" --protocol "$protocol" \
         --workload "$workload" --clients "$clients" --pipeline "$pipeline" \
-        --duration "${DURATION}s" --size "$SIZE" --queue "$queue" --json |
+        --duration "${DURATION}s" --size "$SIZE" --queue "$queue" --priority "$PRIORITY" --json |
         jq -c --arg system "$system" --arg class "$class" \
             '. + {system: $system, class: $class}' >>"$OUT"
     tail -n 1 "$OUT" | jq -r '"  \(.system) \(.workload) clients=\(.clients) pipeline=\(.pipeline): \(.ops_per_s | floor) ops/s"' >&2
@@ -213,7 +218,7 @@ measure_all() {
     done
 }
 
-echo "== $(date -u +%FT%TZ) $(nproc) cores, ${DURATION}s per measurement, ${SIZE}-byte jobs, pipeline $PIPELINE" >&2
+echo "== $(date -u +%FT%TZ) $(nproc) cores, ${DURATION}s per measurement, ${SIZE}-byte jobs, pipeline $PIPELINE, beanstalk priority $PRIORITY" >&2
 
 want() { [[ -z $ONLY || $1 == *"$ONLY"* ]]; }
 
@@ -277,7 +282,7 @@ rss() {
     local system=$1 before after
     before=$(rss_kib "$SERVER_PID")
     "$BIN" bench --server "$SERVER_ADDR" --workload put --clients 8 --pipeline 64 \
-        --count "$RSS_JOBS" --size "$SIZE" --queue bench --json >"$WORK/rss.json"
+        --count "$RSS_JOBS" --size "$SIZE" --queue bench --priority "$PRIORITY" --json >"$WORK/rss.json"
     sleep 1
     after=$(rss_kib "$SERVER_PID")
     printf '%s\t%s\t%s%s\n' "$system" "$RSS_JOBS" "$before" "$after" >>"$RSS_OUT"

@@ -16,9 +16,6 @@ const LINE_BYTES_MAX: usize = 1024;
 /// Largest body we accept (beanstalkd's default `-z` is 65,535; millpond
 /// allows more).
 const BODY_BYTES_MAX: u64 = 16 << 20;
-/// Priority of every job the load generator puts (beanstalkd's default
-/// for its own clients, "urgent" is below 1024).
-const PRIORITY: u32 = 1024;
 /// Time to run of every job: long enough that no reservation of a run
 /// expires.
 const TTR_SECONDS: u32 = 60;
@@ -136,9 +133,9 @@ fn body(bytes: &[u8], len: u64, line: &str) -> Decoded<Vec<u8>> {
     Ok(Some((bytes[..len].to_vec(), len + 2)))
 }
 
-/// Appends `put <pri> 0 <ttr> <bytes>` and the body.
-pub fn put(out: &mut Vec<u8>, body: &[u8]) {
-    out.extend_from_slice(format!("put {PRIORITY} 0 {TTR_SECONDS} {}\r\n", body.len()).as_bytes());
+/// Appends `put <priority> 0 <ttr> <bytes>` and the body.
+pub fn put(out: &mut Vec<u8>, priority: u32, body: &[u8]) {
+    out.extend_from_slice(format!("put {priority} 0 {TTR_SECONDS} {}\r\n", body.len()).as_bytes());
     out.extend_from_slice(body);
     out.extend_from_slice(b"\r\n");
 }
@@ -158,18 +155,20 @@ pub fn delete(out: &mut Vec<u8>, id: u64) {
 #[derive(Debug)]
 pub struct Beanstalk {
     conn: Conn,
+    /// Priority of every job it puts.
+    priority: u32,
     /// Ids reserved by the last [`Session::reserve`] batch.
     ids: Vec<u64>,
 }
 
 impl Beanstalk {
     /// Uses and watches `tube` (and ignores `default` when it is another
-    /// tube), so puts and reserves stay in it.
+    /// tube), so puts and reserves stay in it; puts jobs with `priority`.
     ///
     /// # Errors
     ///
     /// I/O; a reply other than the protocol's for these commands.
-    pub fn open(mut conn: Conn, tube: &str) -> io::Result<Beanstalk> {
+    pub fn open(mut conn: Conn, tube: &str, priority: u32) -> io::Result<Beanstalk> {
         if tube != "default" {
             let out = conn.out();
             out.extend_from_slice(
@@ -186,6 +185,7 @@ impl Beanstalk {
         }
         Ok(Beanstalk {
             conn,
+            priority,
             ids: Vec::new(),
         })
     }
@@ -208,7 +208,7 @@ fn unexpected(command: &str, reply: &Reply) -> io::Error {
 impl Session for Beanstalk {
     fn put(&mut self, bodies: &[Vec<u8>], done: &mut dyn FnMut()) -> io::Result<()> {
         for body in bodies {
-            put(self.conn.out(), body);
+            put(self.conn.out(), self.priority, body);
         }
         self.conn.flush()?;
         for _ in bodies {
@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn commands_are_encoded_as_the_protocol_says() {
         let mut out = Vec::new();
-        put(&mut out, b"ab");
+        put(&mut out, 1024, b"ab");
         reserve_now(&mut out);
         delete(&mut out, 42);
         assert_eq!(

@@ -103,6 +103,12 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub pipeline: u32,
 
+    /// Priority of the jobs put with the beanstalk protocol (lower is more
+    /// urgent; 1024 is the default of pheanstalk, a widely used client;
+    /// greenstalk uses 65536).
+    #[arg(long, default_value_t = 1024, requires = "server")]
+    pub priority: u32,
+
     /// The server's process id: report its CPU time over the run.
     #[arg(long, value_name = "PID", requires = "server")]
     pub server_pid: Option<u32>,
@@ -295,7 +301,11 @@ fn open(plan: &Plan, addr: SocketAddr, index: usize) -> io::Result<Box<dyn Sessi
     let conn = Conn::connect(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("connecting to {addr}: {e}")))?;
     Ok(match plan.args.protocol {
-        Protocol::Beanstalk => Box::new(beanstalk::Beanstalk::open(conn, &plan.queue)?),
+        Protocol::Beanstalk => Box::new(beanstalk::Beanstalk::open(
+            conn,
+            &plan.queue,
+            plan.args.priority,
+        )?),
         Protocol::RedisList => Box::new(redis::RedisList::open(conn, &plan.queue)?),
         Protocol::RedisStream => Box::new(redis::RedisStream::open(conn, &plan.queue, index)?),
         Protocol::Nats => Box::new(nats::Nats::open(conn, &plan.queue, index)?),
