@@ -666,6 +666,32 @@ impl GroupModel {
         Ok(())
     }
 
+    /// What `kick_id` does first: a delayed message the fresh scan has not
+    /// reached is kickable too (beanstalkd's kick-job), so the engine tracks
+    /// every message up to it and journals that (a track record); replay
+    /// tracks them again.
+    fn track_for_kick(&mut self, msgs: &[Msg], id: u64, now: u64) -> bool {
+        if !self.entries.contains_key(&id)
+            && id >= self.cursor
+            && id < next_id(msgs)
+            && msg(msgs, id).not_before_ms > now
+        {
+            for i in self.cursor..=id {
+                let m = msg(msgs, i);
+                let st = if m.not_before_ms > now {
+                    St::Delayed(m.not_before_ms)
+                } else {
+                    St::Ready
+                };
+                self.entries.insert(i, Ent::new(st, 0, m.priority));
+            }
+            self.cursor = id + 1;
+            self.replay_cursor = self.replay_cursor.max(id + 1);
+            return true;
+        }
+        false
+    }
+
     fn kick_id(&mut self, id: u64) -> Result<(), Refusal> {
         let replay_cursor = self.replay_cursor;
         let e = match self.entries.get_mut(&id) {
@@ -717,6 +743,9 @@ impl GroupModel {
     /// would show in `oldest_ready_age_ms`.
     fn stats(&mut self, msgs: &[Msg], now: u64) -> (Figures, bool) {
         self.tick(now);
+        // The engine scans first: delayed messages ahead of the first ready
+        // fresh one are set aside, so they count as delayed, not ready.
+        self.scan(msgs, now);
         let count = |want: fn(&St) -> bool| self.entries.values().filter(|e| want(&e.st)).count();
         let ready_tracked = count(|s| *s == St::Ready) as u64;
         let reserved = count(|s| matches!(s, St::Reserved(_))) as u64;
@@ -727,7 +756,6 @@ impl GroupModel {
             .filter(|&id| self.state_of(msgs, id, now) == Some(St::Ready))
             .map(|id| msg(msgs, id).timestamp_ms)
             .min();
-        self.scan(msgs, now);
         // What the engine computed: the first fresh message and the tracked
         // message first in ready order.
         let pending = (self.cursor < next_id(msgs)).then(|| msg(msgs, self.cursor).timestamp_ms);
@@ -1102,10 +1130,12 @@ fn run(case: &Case) {
             &Op::KickId { g, pick } => {
                 let id = model.groups[g].resolve(&model.msgs, pick, now);
                 let got = refusal(engine.groups[g].kick_id(id), GROUP_NAMES[g], id);
+                let tracked = model.groups[g].track_for_kick(&model.msgs, id, model.now);
                 let want = model.groups[g].kick_id(id);
                 assert_eq!(got, want, "{ctx}: kick_id {id}");
                 if want.is_ok() {
-                    settled(&mut model, g, 1);
+                    // The track record and the kick.
+                    settled(&mut model, g, 1 + u64::from(tracked));
                 }
             }
             &Op::Advance { ms } => {
