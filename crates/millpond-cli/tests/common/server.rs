@@ -185,8 +185,8 @@ pub struct Beanstalkd {
 
 impl Beanstalkd {
     /// Starts `beanstalkd -l 127.0.0.1 -p <free port> <extra...>` and waits
-    /// until it accepts connections. Fails (does not skip) when beanstalkd
-    /// is not installed.
+    /// until it listens (seen in /proc, so no connection is counted). Fails
+    /// (does not skip) when beanstalkd is not installed.
     pub fn start(extra: &[&str]) -> Beanstalkd {
         let path = beanstalkd_path();
         assert!(
@@ -213,7 +213,7 @@ impl Beanstalkd {
                     // Most likely someone took the port meanwhile: try another.
                     break;
                 }
-                if TcpStream::connect(addr).is_ok() {
+                if listening(port) {
                     return Beanstalkd { child, addr };
                 }
                 assert!(Instant::now() < deadline, "beanstalkd did not start");
@@ -240,6 +240,20 @@ impl Drop for Beanstalkd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether some socket listens on 127.0.0.1:`port`, from /proc/net/tcp
+/// (without connecting, which a server would count as a client).
+fn listening(port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|row| {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        // local_address, ..., st (0A is LISTEN)
+        fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
+    })
 }
 
 /// A port that was free a moment ago.
