@@ -9,6 +9,7 @@
 //! cargo bench --bench compare -- --quick           # smaller sizes, < 2 min
 //! cargo bench --bench compare -- --charts docs/img # also write the SVG charts
 //! cargo bench --bench compare -- --only a,b,h      # some workloads only
+//! cargo bench --bench compare -- --systems millpond/sync,sqlite/sync
 //! ```
 //!
 //! Workloads (letters as in the issue): (a) push 100 B, one producer;
@@ -42,6 +43,17 @@ mod charts;
 mod systems;
 
 use systems::{ALL, Class, Config, Kind, Peer};
+
+/// Configuration ids (`millpond/sync`, `sqlite/buffered`, ...) given with
+/// `--systems`; all when unset.
+static SYSTEMS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Whether `--systems` selects `cfg`.
+fn selected(cfg: Config) -> bool {
+    SYSTEMS
+        .get()
+        .is_none_or(|list| list.iter().any(|s| *s == cfg.id()))
+}
 
 /// Sizes and durations of one run.
 struct Plan {
@@ -105,6 +117,13 @@ fn main() {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--charts" => charts_dir = it.next().cloned(),
+            "--systems" => {
+                let list: Vec<String> = it
+                    .next()
+                    .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+                    .unwrap_or_default();
+                SYSTEMS.set(list).expect("--systems once");
+            }
             "--only" => {
                 only = it
                     .next()
@@ -326,7 +345,7 @@ fn throughput_sweep(plan: &Plan, chart: &mut charts::Data) {
     let msg = payload(100, 0);
     let mut best = vec![vec![0f64; plan.producers.len()]; ALL.len()];
     for _ in 0..plan.repeats {
-        for (c, cfg) in ALL.into_iter().enumerate() {
+        for (c, cfg) in ALL.into_iter().enumerate().filter(|(_, c)| selected(*c)) {
             for (k, &producers) in plan.producers.iter().enumerate() {
                 let (peer, _dir) = fresh(cfg);
                 let rate = timed(&*peer, producers, plan.run, &|_, _| {
@@ -338,7 +357,7 @@ fn throughput_sweep(plan: &Plan, chart: &mut charts::Data) {
             }
         }
     }
-    for (c, cfg) in ALL.into_iter().enumerate() {
+    for (c, cfg) in ALL.into_iter().enumerate().filter(|(_, c)| selected(*c)) {
         let mut series = Vec::new();
         for (k, &producers) in plan.producers.iter().enumerate() {
             tables[k].rows.push((cfg, best[c][k], Vec::new()));
@@ -363,7 +382,7 @@ fn push_4k_batches(plan: &Plan) {
     let batch: Vec<Vec<u8>> = (0..BATCH as u64).map(|i| payload(4096, i)).collect();
     let mut best = [0f64; ALL.len()];
     for _ in 0..plan.repeats {
-        for (c, cfg) in ALL.into_iter().enumerate() {
+        for (c, cfg) in ALL.into_iter().enumerate().filter(|(_, c)| selected(*c)) {
             let (peer, _dir) = fresh(cfg);
             let rate = timed(&*peer, 1, plan.run, &|_, _| {
                 peer.push_batch(&batch);
@@ -373,7 +392,7 @@ fn push_4k_batches(plan: &Plan) {
             best[c] = best[c].max(rate);
         }
     }
-    for (c, cfg) in ALL.into_iter().enumerate() {
+    for (c, cfg) in ALL.into_iter().enumerate().filter(|(_, c)| selected(*c)) {
         let rate = best[c];
         table
             .rows
@@ -392,7 +411,7 @@ fn cycle(plan: &Plan) {
     let msg = payload(100, 0);
     let mut best = [0f64; ALL.len()];
     for _ in 0..plan.repeats {
-        for (c, cfg) in ALL.into_iter().enumerate() {
+        for (c, cfg) in ALL.into_iter().enumerate().filter(|(_, c)| selected(*c)) {
             let (peer, _dir) = fresh(cfg);
             let rate = timed(&*peer, 16, plan.run, &|_, _| {
                 peer.push(&msg);
@@ -409,7 +428,7 @@ fn cycle(plan: &Plan) {
             best[c] = best[c].max(rate);
         }
     }
-    for (c, cfg) in ALL.into_iter().enumerate() {
+    for (c, cfg) in ALL.into_iter().enumerate().filter(|(_, c)| selected(*c)) {
         table.rows.push((cfg, best[c], Vec::new()));
     }
     table.print();
@@ -444,6 +463,7 @@ fn one_per_system() -> Vec<Config> {
             Config::new(Kind::Millpond, Class::Buffered),
             Config::new(Kind::Yaque, Class::Buffered),
         ])
+        .filter(|c| selected(*c))
         .collect()
 }
 
@@ -622,7 +642,7 @@ fn disk(plan: &Plan, chart: &mut charts::Data) {
     ];
     let configs: Vec<Config> = ALL
         .into_iter()
-        .filter(|c| c.class == Class::Buffered)
+        .filter(|c| c.class == Class::Buffered && selected(*c))
         .collect();
     for cfg in configs {
         let (peer, dir) = fresh(cfg);
@@ -789,7 +809,8 @@ fn kill_rounds(plan: &Plan) {
     ];
     let configs = one_per_system()
         .into_iter()
-        .chain([Config::new(Kind::MillpondInterval, Class::Buffered)]);
+        .chain([Config::new(Kind::MillpondInterval, Class::Buffered)])
+        .filter(|c| selected(*c));
     for cfg in configs {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
