@@ -10,7 +10,9 @@
 //!    group (acked, or dead-lettered and moved) is deleted.
 //! 3. **Copy forward**: a sealed segment whose live bytes fall below
 //!    `copy_forward_percent` of its size is rewritten with only its live
-//!    frames, keeping their ids (`Log::rewrite_segment`).
+//!    frames, keeping their ids: one sequential pass over the segment
+//!    picks the live frames (`Log::copy_live`), then the copy replaces it
+//!    (`Log::rewrite_segment`).
 //!
 //! Before any segment is deleted or rewritten, every group's journal is
 //! fsynced: the acks that finished those messages are durable before their
@@ -18,6 +20,7 @@
 //! created underneath it) and each group's lock only to copy its cursor and
 //! tracked ids; pushes and reserves never wait on its I/O.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -165,6 +168,10 @@ pub(crate) fn compact_queue(
             g.sync_journal()?;
         }
     }
+    // Live bytes per segment measured on the way: first id -> (live ids,
+    // bytes). Below every cursor the live set only shrinks, so the same
+    // count later means the same ids.
+    let mut measured: HashMap<u64, (usize, u64)> = HashMap::new();
     for (seg, live) in plan {
         if live.is_empty() {
             log.remove_segment(seg.first_id)?;
@@ -172,36 +179,30 @@ pub(crate) fn compact_queue(
             report.bytes_reclaimed += seg.bytes;
             continue;
         }
-        // Measure the live bytes before deciding to rewrite. A segment whose
-        // live frames fail their check is left as it is (and counted): a
-        // rewrite must never drop damaged bytes silently, and one damaged
-        // segment must not stop the rest of the pass.
-        let mut live_bytes = 0u64;
-        let mut damaged = false;
-        for &id in &live {
-            match log.read(id) {
-                Ok(Some(f)) => live_bytes += u64::from(f.frame_len),
-                Ok(None) => {}
-                Err(e) if e.is_corruption() => damaged = true,
-                Err(e) => return Err(e),
+        // One sequential pass copies the live frames and measures them. A
+        // segment whose live frames fail their check (or are missing) is
+        // left as it is, and counted: a rewrite must never drop damaged
+        // bytes silently, and one damaged segment must not stop the rest
+        // of the pass.
+        let copy = match log.copy_live(seg.first_id, &live, true) {
+            Ok(c) if c.missing == 0 => c,
+            Ok(_) => {
+                report.segments_damaged += 1;
+                continue;
             }
-        }
-        if damaged {
-            report.segments_damaged += 1;
-            continue;
-        }
-        let payload_bytes = seg.bytes.saturating_sub(crate::log::segment::HEADER_LEN);
-        if live_bytes * 100 >= payload_bytes * u64::from(opts.copy_forward_percent) {
-            continue;
-        }
-        let new_bytes = match log.rewrite_segment(seg.first_id, &live) {
-            Ok(n) => n,
             Err(e) if e.is_corruption() => {
                 report.segments_damaged += 1;
                 continue;
             }
             Err(e) => return Err(e),
         };
+        let payload_bytes = seg.bytes.saturating_sub(crate::log::segment::HEADER_LEN);
+        if copy.live_bytes * 100 >= payload_bytes * u64::from(opts.copy_forward_percent) {
+            measured.insert(seg.first_id, (live.len(), copy.live_bytes));
+            continue;
+        }
+        let new_bytes = log.rewrite_segment(&copy)?;
+        measured.insert(seg.first_id, (live.len(), copy.live_bytes));
         report.segments_rewritten += 1;
         report.bytes_reclaimed += seg.bytes.saturating_sub(new_bytes);
     }
@@ -224,14 +225,20 @@ pub(crate) fn compact_queue(
         sealed_bytes += seg.bytes;
         if seg.end_id > min_cursor {
             live_estimate += seg.bytes;
-        } else {
-            let live = merged_live_ids(&snapshots, seg.first_id, seg.end_id);
-            for id in live {
-                if let Ok(Some(f)) = log.read(id) {
-                    live_estimate += u64::from(f.frame_len);
-                }
-            }
+            continue;
         }
+        let live = merged_live_ids(&snapshots, seg.first_id, seg.end_id);
+        if live.is_empty() {
+            continue;
+        }
+        live_estimate += match measured.get(&seg.first_id) {
+            Some(&(count, bytes)) if count == live.len() => bytes,
+            _ => match log.copy_live(seg.first_id, &live, false) {
+                Ok(c) => c.live_bytes,
+                Err(e) if e.is_corruption() => 0,
+                Err(e) => return Err(e),
+            },
+        };
     }
     report.live_bytes = live_estimate + report.bytes_on_disk.saturating_sub(sealed_bytes);
     report.duration = started.elapsed();
