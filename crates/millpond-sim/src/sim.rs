@@ -1531,61 +1531,6 @@ impl Sim {
         Ok(())
     }
 
-    /// Known bug `open-fails-on-damaged-frame`: under `RecoveryMode::Skip`
-    /// the store still fails to open when group recovery (journal replay
-    /// scanning from the checkpoint's cursor, or a dead-letter move) reads
-    /// a damaged frame: the corruption error ends `Store::open`. Stepped
-    /// around by flipping the bits of that frame back (the message stays
-    /// excluded from the checks) and opening again.
-    fn step_around_open_fails_on_damage(&mut self, e: &Error) -> bool {
-        self.flip_back(e, "open-fails-on-damaged-frame (bits flipped back)")
-    }
-
-    /// Undoes the bit flips of the frame a corruption error names (if it
-    /// is still there, unchanged): stepping around a known bug.
-    fn flip_back(&mut self, e: &Error, bug: &str) -> bool {
-        let Error::Corruption { path, offset, .. } = e else {
-            return false;
-        };
-        let mut undone = false;
-        for q in &mut self.qs {
-            let mine: Vec<FrameFlip> = q
-                .flips
-                .iter()
-                .filter(|f| &f.path == path && f.frame_offset == *offset)
-                .cloned()
-                .collect();
-            for f in mine.iter().rev() {
-                q.flips.retain(|g| g != f);
-                // Undo only if the frame is still the one flipped (a torn
-                // tail or a rewrite may have put another frame there).
-                let Some(bytes) = self.fs.file_bytes(&f.path) else {
-                    continue;
-                };
-                let (start, end) = (
-                    f.frame_offset as usize,
-                    f.frame_offset as usize + f.original.len(),
-                );
-                if end > bytes.len() {
-                    continue;
-                }
-                let mut frame = bytes[start..end].to_vec();
-                frame[(f.offset - f.frame_offset) as usize] ^= 1 << f.bit;
-                if frame == f.original && self.fs.flip_bit(&f.path, f.offset, f.bit).is_ok() {
-                    undone = true;
-                }
-            }
-        }
-        if undone {
-            self.totals.known_bug(bug);
-            self.note(format!(
-                "step around {bug}: flipped {} back at {offset}",
-                path.display()
-            ));
-        }
-        undone
-    }
-
     /// Checks that a group gets past damage: the same corruption error
     /// [`WEDGE_REPEATS`] times from one group between two kicks means
     /// reserve keeps stopping at the same bytes and the messages after
@@ -1781,10 +1726,8 @@ impl Sim {
                         self.recover_in = None;
                         continue;
                     }
-                    if (!self.options.shows("open-fails-on-damaged-frame")
-                        && self.step_around_open_fails_on_damage(&e))
-                        || (!self.options.shows("torn-page-mistaken-for-damage")
-                            && self.step_around_torn_page(&e))
+                    if !self.options.shows("torn-page-mistaken-for-damage")
+                        && self.step_around_torn_page(&e)
                     {
                         continue;
                     }
@@ -2112,9 +2055,9 @@ impl Sim {
                     match r {
                         Ok(None) => break,
                         Ok(Some(d)) => {
-                            // Only a damaged message whose bits were flipped
-                            // back (stepping around a known bug) may come:
-                            // the drain could not deliver it.
+                            // Only a damaged message may come (never, now
+                            // that no bits are flipped back): the drain
+                            // could not deliver it.
                             let seq = self.check_delivery(qi, gi, &d)?;
                             if !self.qs[qi].damaged.contains(&seq) {
                                 bail!(
