@@ -42,7 +42,9 @@
 //! holds one bounded input buffer and at most 256 KiB of replies (plus
 //! one job); if they cannot be written for 30 s it is disconnected. Idle
 //! connections cost a task and a small buffer each; their reservations
-//! end with their TTR like anyone's.
+//! end with their TTR like anyone's. Each tube that has seen a put or a
+//! delete since the start has two writer threads (put and delete), so a
+//! server with thousands of busy tubes runs thousands of threads.
 //!
 //! # Shutdown
 //!
