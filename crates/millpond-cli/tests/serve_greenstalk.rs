@@ -1,5 +1,6 @@
 //! A real client no one here wrote: Python's `greenstalk` (PyPI) runs every
-//! command it offers against `millpond serve` (`tests/greenstalk/`).
+//! command it offers against `millpond serve` (`tests/greenstalk/`), then
+//! sees `DrainingError` once the server got SIGUSR1.
 //!
 //! The interpreter is `$MILLPOND_PYTHON` (`.ci/run` points it at a venv
 //! with greenstalk installed), else `python3`. Without greenstalk the test
@@ -86,4 +87,27 @@ fn greenstalk_client_runs_every_command() {
         "greenstalk script did not run all its steps:\n{output}"
     );
     server.assert_running();
+
+    // DrainingError: after SIGUSR1 a put is refused, other commands work.
+    server.signal(rustix::process::Signal::USR1);
+    std::thread::sleep(Duration::from_millis(200));
+    let snippet = "import sys, greenstalk\n\
+        c = greenstalk.Client((sys.argv[1], int(sys.argv[2])))\n\
+        c._sock.settimeout(15)\n\
+        try:\n    c.put('late')\n    sys.exit('put while draining was not refused')\n\
+        except greenstalk.DrainingError:\n    pass\n\
+        assert c.stats()['draining'] == 'true'\n\
+        print('draining ok')\n";
+    let out = Command::new(&python)
+        .args(["-c", snippet])
+        .arg(server.addr.ip().to_string())
+        .arg(server.addr.port().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("draining ok"),
+        "greenstalk while draining: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
