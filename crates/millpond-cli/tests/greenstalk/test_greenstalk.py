@@ -94,8 +94,9 @@ def main():
     for pri, name in [(10, "ten"), (5, "five"), (4294967295, "max"), (0, "zero"), (5, "five-b")]:
         ids[name] = a.put(name, priority=pri)
     order = []
-    for _ in range(5):
-        j = a.reserve(timeout=0)
+    for n in range(5):
+        # Plain `reserve` (no timeout) and `reserve-with-timeout` by turns.
+        j = a.reserve() if n % 2 else a.reserve(timeout=0)
         order.append(j.body)
         a.delete(j)
     assert order == ["zero", "five", "five-b", "ten", "max"], order
@@ -260,8 +261,9 @@ def main():
     step("stats")
     st = c.stats()
     assert st["current-connections"] >= 2, st
-    # 18 puts in this script, one of them too big.
+    # 18 puts in this script, one of them too big; 2 plain reserves.
     assert st["cmd-put"] == 18 and st["total-jobs"] == 17, st
+    assert st["cmd-reserve"] == 2, st
     assert st["job-timeouts"] == 1, st
     assert st["current-jobs-ready"] == 0 and st["current-jobs-reserved"] == 0, st
     assert st["draining"] == "false", st
