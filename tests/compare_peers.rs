@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-#[allow(
+#[expect(
     dead_code,
     reason = "shared with benches/compare.rs, which uses all of it"
 )]
