@@ -74,10 +74,27 @@ impl Fs for RealFs {
             .truncate(false)
             .open(path)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(LockGuard::new(path.to_owned(), Box::new(file)))),
+            Ok(()) => Ok(Some(LockGuard::new(
+                path.to_owned(),
+                Box::new(HeldLock(file)),
+            ))),
             Err(TryLockError::WouldBlock) => Ok(None),
             Err(TryLockError::Error(e)) => Err(e),
         }
+    }
+}
+
+/// The open lock file. Dropping it unlocks explicitly instead of relying
+/// on the close: a child process forked by another thread (before its
+/// `exec` closes the inherited descriptor) shares the open file
+/// description, and with it the lock, so a close alone could leave the store
+/// locked for a moment after [`Store::close`](crate::Store::close).
+struct HeldLock(File);
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        // An unlock that fails leaves the close to release it.
+        let _ = self.0.unlock();
     }
 }
 
