@@ -264,9 +264,29 @@ impl Store {
     }
 }
 
+/// Nice value of the background compactor thread: the lowest priority.
+const COMPACTOR_NICE: i32 = 19;
+
+/// Lowers the calling thread's CPU priority to [`COMPACTOR_NICE`] (on
+/// Linux the nice value belongs to the thread). Best effort: a failure
+/// leaves the thread at its priority.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = rustix::process::setpriority_process(
+            Some(rustix::thread::gettid()),
+            COMPACTOR_NICE,
+        );
+    }
+}
+
 /// The body of the compactor thread: a pass every `every` until the store
-/// closes or is dropped. Errors are kept for the next pass to retry.
+/// closes or is dropped. Errors are kept for the next pass to retry. The
+/// thread runs at the lowest CPU priority: a pass is background work, and a
+/// push or reserve woken from its `fdatasync` should not wait for a CPU
+/// behind it. `Store::compact_now` runs at its caller's priority.
 fn run_compactor(store: &Weak<StoreInner>, stop: &CompactorStop, every: Duration) {
+    lower_thread_priority();
     let mut stopped = stop.stopped.lock().expect("compactor lock");
     loop {
         stopped = stop
