@@ -41,7 +41,7 @@ pub struct Args {
 
     /// Largest job body in bytes (beanstalkd's default).
     #[arg(long, value_name = "BYTES", default_value_t = 65535,
-          value_parser = clap::value_parser!(u32).range(0..=(millpond::MESSAGE_BYTES_LIMIT as i64 - 8)))]
+          value_parser = clap::value_parser!(u32).range(0..=(millpond::MESSAGE_BYTES_LIMIT as i64 - millpond_server::JOB_HEADER_BYTES as i64)))]
     pub max_job_size: u32,
 
     /// Most open connections; further ones are accepted and closed at once.
@@ -61,7 +61,8 @@ pub struct Args {
 pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
     let options = Options::default()
         .durability(args.durability)
-        .message_bytes_max(args.max_job_size + 8)
+        // Each stored job carries the server's header before its body.
+        .message_bytes_max(args.max_job_size + millpond_server::JOB_HEADER_BYTES as u32)
         .compact_interval(Some(Duration::from_secs(5)));
     let store = Store::open(&global.store, options)?;
     let config = millpond_server::Config {

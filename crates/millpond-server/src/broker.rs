@@ -11,15 +11,27 @@ use crate::proto::{OP_COUNT, Op};
 use crate::tubes::{Registry, Tube};
 
 /// Bytes of the header the server stores before each job body: TTR and
-/// put delay, seconds, u32 little-endian each.
-pub const JOB_HEADER_BYTES: usize = 8;
+/// put delay (seconds, u32 little-endian each), then the put sequence
+/// (u64 little-endian).
+pub const JOB_HEADER_BYTES: usize = 16;
 
 /// Encodes a job's stored header.
-pub fn job_header(ttr_s: u32, delay_s: u32) -> [u8; JOB_HEADER_BYTES] {
+pub fn job_header(ttr_s: u32, delay_s: u32, put_seq: u64) -> [u8; JOB_HEADER_BYTES] {
     let mut h = [0u8; JOB_HEADER_BYTES];
     h[..4].copy_from_slice(&ttr_s.to_le_bytes());
-    h[4..].copy_from_slice(&delay_s.to_le_bytes());
+    h[4..8].copy_from_slice(&delay_s.to_le_bytes());
+    h[8..].copy_from_slice(&put_seq.to_le_bytes());
     h
+}
+
+/// The put sequence of a stored payload (0 without a header): orders
+/// jobs of different tubes by when they were put, as beanstalkd's single
+/// id counter does.
+pub fn put_seq(p: &[u8]) -> u64 {
+    match p.get(8..JOB_HEADER_BYTES) {
+        Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+        None => 0,
+    }
 }
 
 /// Splits a stored payload into (ttr seconds, put delay seconds, body).
@@ -73,6 +85,8 @@ pub struct Broker {
     pub waiting: AtomicU64,
     /// Set on SIGUSR1 or shutdown: `put` answers `DRAINING`.
     pub draining: AtomicBool,
+    /// The last put sequence handed out.
+    put_seq: AtomicU64,
     next_connection_id: AtomicU64,
     started: Instant,
     instance: String,
@@ -97,9 +111,32 @@ impl Broker {
             workers: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            put_seq: AtomicU64::new(0),
             next_connection_id: AtomicU64::new(1),
             started: Instant::now(),
             instance: format!("{:016x}", mix(seed)),
+        }
+    }
+
+    /// The next put sequence: unix time in ns, made strictly increasing, so
+    /// it also grows across restarts (unless the clock goes back).
+    pub fn next_put_seq(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let mut prev = self.put_seq.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.put_seq.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
         }
     }
 
@@ -268,9 +305,11 @@ mod tests {
 
     #[test]
     fn payload_header_round_trips() {
-        let mut p = job_header(30, 5).to_vec();
+        let mut p = job_header(30, 5, 77).to_vec();
         p.extend_from_slice(b"body");
         assert_eq!(split_payload(&p), (30, 5, &b"body"[..]));
+        assert_eq!(put_seq(&p), 77);
+        assert_eq!(put_seq(b"short"), 0);
         assert_eq!(split_payload(b"abc"), (120, 0, &b"abc"[..]));
     }
 }

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::broker::{Broker, JOB_HEADER_BYTES, job_header, split_payload, unix_ms};
+use crate::broker::{Broker, JOB_HEADER_BYTES, job_header, put_seq, split_payload, unix_ms};
 use crate::proto::{self, Command, LINE_BYTES_MAX, Op, Parsed};
 use crate::tubes::{Tube, TubeError, job_id, split_job_id};
 use crate::writer::{DeleteReq, PutOutcome, PutReq};
@@ -282,7 +282,7 @@ impl Conn {
         let ttr_s = ttr_s.clamp(1, TTR_MAX_S);
         let data = &body[..body.len() - 2];
         let mut payload = Vec::with_capacity(JOB_HEADER_BYTES + data.len());
-        payload.extend_from_slice(&job_header(ttr_s, delay_s));
+        payload.extend_from_slice(&job_header(ttr_s, delay_s, self.broker.next_put_seq()));
         payload.extend_from_slice(data);
         let (tx, rx) = oneshot::channel();
         let req = PutReq {
@@ -458,12 +458,12 @@ impl Conn {
             1 => candidates[0].clone(),
             _ => {
                 // beanstalkd takes the lowest (priority, id), and its ids
-                // follow put order across tubes: here, (priority, put time
-                // in ms, id).
+                // follow put order across tubes: here, (priority, put
+                // sequence, id).
                 let mut best: Option<((u32, u64, u64), Arc<Tube>)> = None;
                 for t in &candidates {
                     if let Some(p) = t.group.peek_ready()? {
-                        let key = (p.priority, p.enqueued_ms, job_id(t.number, p.id));
+                        let key = (p.priority, put_seq(&p.payload), job_id(t.number, p.id));
                         if best.as_ref().is_none_or(|(k, _)| key < *k) {
                             best = Some((key, t.clone()));
                         }

@@ -21,7 +21,8 @@
 //! `tube number << 40 | message id`, so ids are unique across tubes and
 //! resolved without a per-job map; tube numbers are kept, durably, in the
 //! registry queue `beanstalkd-tubes` (`default` is tube 0). Each stored
-//! message is an 8-byte header (TTR and put delay in seconds) and the job
+//! message is a 16-byte header (TTR and put delay in seconds, and a put
+//! sequence that orders jobs of different tubes by put time) and the job
 //! body. See `docs/beanstalkd-compat.md` for every difference from
 //! beanstalkd.
 //!
@@ -70,6 +71,7 @@ use millpond::Store;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
+pub use broker::JOB_HEADER_BYTES;
 pub use tubes::{MESSAGE_ID_BITS, job_id, split_job_id};
 
 /// How long shutdown waits for connections to finish their commands.
@@ -171,7 +173,7 @@ pub fn run_until(
         .enable_all()
         .thread_name("millpond-serve")
         .build()?;
-    let registry = tubes::Registry::open(store.clone(), config.max_job_bytes)?;
+    let registry = tubes::Registry::open(store.clone())?;
     let broker = Arc::new(broker::Broker::new(registry, config));
     let r = runtime.block_on(serve(broker.clone(), on_ready, stop));
     // Connections are gone: writers answer what they hold and stop.

@@ -143,7 +143,6 @@ pub struct Registry {
     store: Store,
     registry: Queue,
     inner: Mutex<Inner>,
-    max_job_bytes: u32,
 }
 
 #[derive(Debug, Default)]
@@ -162,7 +161,7 @@ impl Registry {
     /// # Errors
     ///
     /// Engine errors; a damaged registry.
-    pub fn open(store: Store, max_job_bytes: u32) -> millpond::Result<Registry> {
+    pub fn open(store: Store) -> millpond::Result<Registry> {
         let registry = store.queue(REGISTRY_QUEUE)?;
         let mut inner = Inner::default();
         for m in registry.reader(1) {
@@ -176,7 +175,6 @@ impl Registry {
             store,
             registry,
             inner: Mutex::new(inner),
-            max_job_bytes,
         };
         r.by_name("default").map_err(|e| match e {
             TubeError::Engine(e) => e,
@@ -258,7 +256,7 @@ impl Registry {
         let tube = Arc::new_cyclic(|weak| Tube {
             number,
             name,
-            writers: Writers::new(weak.clone(), self.max_job_bytes),
+            writers: Writers::new(weak.clone()),
             queue,
             group,
             waiters: Mutex::new(Vec::new()),
@@ -316,7 +314,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), millpond::Options::default()).unwrap();
-            let r = Registry::open(store.clone(), 100).unwrap();
+            let r = Registry::open(store.clone()).unwrap();
             assert_eq!(r.by_name("default").unwrap().number, 0);
             assert_eq!(r.by_name("a+b").unwrap().number, 1);
             assert_eq!(r.by_name("c").unwrap().number, 2);
@@ -326,7 +324,7 @@ mod tests {
             store.close().unwrap();
         }
         let store = Store::open(dir.path(), millpond::Options::default()).unwrap();
-        let r = Registry::open(store.clone(), 100).unwrap();
+        let r = Registry::open(store.clone()).unwrap();
         assert_eq!(r.by_number(2).unwrap().unwrap().name, "c");
         assert_eq!(r.by_number(1).unwrap().unwrap().queue.name(), "bt.a_pb");
         assert!(r.by_number(3).unwrap().is_none());

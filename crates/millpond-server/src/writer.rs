@@ -65,7 +65,7 @@ pub struct Writers {
 
 impl Writers {
     /// Writers for `tube`.
-    pub fn new(tube: Weak<Tube>, _max_job_bytes: u32) -> Writers {
+    pub fn new(tube: Weak<Tube>) -> Writers {
         Writers {
             tube,
             puts: Mutex::new(None),
