@@ -548,6 +548,53 @@ fn workload_unit(w: Workload) -> &'static str {
 mod tests {
     use super::*;
 
+    fn shared(count: Option<u64>, duration: Option<Duration>, pipeline: u32) -> Shared {
+        let args = ServerArgs {
+            server: Some("127.0.0.1:1".into()),
+            protocol: Protocol::Beanstalk,
+            workload: Workload::Put,
+            clients: 1,
+            pipeline,
+            priority: 1024,
+            server_pid: None,
+        };
+        Shared {
+            plan: Plan {
+                args,
+                count,
+                duration,
+                size: 100,
+                queue: "q".into(),
+                json: false,
+            },
+            claimed: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            deadline: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn a_count_is_claimed_a_pipeline_at_a_time_and_never_exceeded() {
+        let s = shared(Some(10), None, 4);
+        let claims: Vec<usize> = (0..5).map(|_| s.claim()).collect();
+        assert_eq!(claims, [4, 4, 2, 0, 0]);
+        let stopped = shared(Some(10), None, 4);
+        stopped.stop.store(true, Ordering::Relaxed);
+        assert_eq!(stopped.claim(), 0);
+    }
+
+    #[test]
+    fn a_duration_claims_until_its_deadline() {
+        let s = shared(None, Some(Duration::from_secs(60)), 16);
+        s.deadline
+            .set(Instant::now() + Duration::from_secs(60))
+            .unwrap();
+        assert_eq!((s.claim(), s.claim()), (16, 16));
+        let over = shared(None, Some(Duration::ZERO), 16);
+        over.deadline.set(Instant::now()).unwrap();
+        assert_eq!(over.claim(), 0);
+    }
+
     #[test]
     fn stamps_make_payloads_differ() {
         let mut a = vec![b'x'; 20];
