@@ -45,20 +45,28 @@ pub(crate) struct LiveCopy {
 }
 
 /// Bytes of a rewritten segment written and fsynced at a time.
-pub(crate) const COPY_CHUNK_BYTES: usize = 1 << 20;
+pub(crate) const COPY_CHUNK_BYTES: usize = 256 << 10;
+
+/// Longest pause between two pieces of a rewritten segment.
+const PACE_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Writes `bytes` at offset 0 in pieces of `chunk` bytes, each fsynced
-/// before the next is written, yielding the CPU in between. A push's
-/// `fdatasync` that lands while a segment is being rewritten then waits
-/// behind at most one piece in the device's queue, not the whole copy.
+/// before the next is written. A push's `fdatasync` that lands while a
+/// segment is being rewritten then waits behind at most one piece in the
+/// device's queue, not the whole copy. After each piece the thread pauses
+/// as long as the piece took to write and sync, so the copy takes at most
+/// about half of the device's time and pushes get the other half.
 fn write_synced_in_chunks(file: &dyn FsFile, bytes: &[u8], chunk: usize) -> io::Result<()> {
     assert!(chunk > 0);
     let mut at = 0;
     for piece in bytes.chunks(chunk) {
+        let started = std::time::Instant::now();
         file.write_all_at(piece, at as u64)?;
         file.sync_data()?;
         at += piece.len();
-        std::thread::yield_now();
+        if at < bytes.len() {
+            std::thread::sleep(started.elapsed().min(PACE_PAUSE_MAX));
+        }
     }
     if bytes.is_empty() {
         file.sync_data()?;
