@@ -613,7 +613,6 @@ fn session_across_tubes() {
 }
 
 #[test]
-#[ignore = "server bug: equal priorities across tubes are reserved in put order only most of the time (5 of 30 runs not; see /tmp/server-bugs.md)"]
 fn session_tie_across_tubes() {
     differential("tie_across_tubes");
 }
