@@ -99,6 +99,11 @@ fn merged_live_ids(snapshots: &[(u64, Vec<u64>)], lo: u64, hi: u64) -> Vec<u64> 
     ids
 }
 
+/// An active segment at least this long (or a quarter of
+/// `segment_bytes_max`, if less) whose messages are all finished is rolled
+/// by a pass, so the pass can delete it.
+const ROLL_FINISHED_ACTIVE_BYTES: u64 = 1 << 20;
+
 /// One pass over one queue. `groups` is every group of the queue, held
 /// locked by the caller against creation.
 pub(crate) fn compact_queue(
@@ -108,6 +113,25 @@ pub(crate) fn compact_queue(
 ) -> Result<CompactReport> {
     let started = Instant::now();
     let mut report = CompactReport::default();
+
+    // 0. An active segment every group has finished: roll it, so that step
+    // 2 deletes it (else a queue that went quiet keeps up to a segment of
+    // acknowledged messages on disk for good). Small ones stay: a busy queue
+    // whose consumers keep up would otherwise roll a file every pass.
+    if !groups.is_empty() {
+        let (first, next, len) = log.active_extent();
+        let min_len = ROLL_FINISHED_ACTIVE_BYTES.min(log.opts.segment_bytes_max / 4);
+        if len >= min_len && next > first {
+            let finished = groups.iter().all(|g| {
+                let (cursor, live) = g.liveness(first, next);
+                cursor >= next && live.is_empty()
+            });
+            if finished {
+                log.roll_active(next)?;
+            }
+        }
+    }
+
     let mut sealed = log.sealed_ranges()?;
 
     // 1. Retention.

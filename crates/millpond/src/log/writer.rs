@@ -417,6 +417,58 @@ impl Log {
             .ctx("write index", &seg.index_path)
     }
 
+    /// The active segment's first id and the id the next push gets, and its
+    /// length in bytes (header included, buffered frames too).
+    pub fn active_extent(&self) -> (u64, u64, u64) {
+        let st = self.state.lock().expect("writer lock");
+        (st.tail_first_id, st.next_id, st.tail_len)
+    }
+
+    /// Seals the active segment and starts an empty one, so that a
+    /// compaction pass can delete it once every message in it is finished
+    /// (otherwise a queue that went quiet keeps up to a whole segment of
+    /// acknowledged messages on disk for good). Does nothing, and returns
+    /// false, if anything was pushed since `next_id` was read (the caller
+    /// decided on a snapshot) or the segment has no frames.
+    pub fn roll_active(&self, next_id: u64) -> Result<bool> {
+        let mut st = self.state.lock().expect("writer lock");
+        loop {
+            self.check_writable(&st)?;
+            if st.next_id != next_id || st.tail_len <= segment::HEADER_LEN {
+                return Ok(false);
+            }
+            if st.flushing {
+                let round = st.rounds;
+                st = self.flushed[parity(round)].wait(st).expect("writer lock");
+                continue;
+            }
+            if st.durable_next_id < st.next_id {
+                // Buffered or interval frames: durable first (a roll seals
+                // with an fsync, but the marks must say so too).
+                self.wait_for(st, next_id - 1, Goal::Durable)?;
+                st = self.state.lock().expect("writer lock");
+                continue;
+            }
+            break;
+        }
+        // No round runs and none can start while the state lock is held.
+        debug_assert!(st.chunks.is_empty());
+        let mut io = self.io.lock().expect("io lock");
+        if let Err(e) = self.roll(&mut io, next_id) {
+            if st.poisoned.is_none() {
+                st.poisoned = Some(Arc::from(e.to_string()));
+            }
+            for cv in &self.flushed {
+                cv.notify_all();
+            }
+            return Err(e);
+        }
+        st.tail_first_id = next_id;
+        st.tail_len = segment::HEADER_LEN;
+        st.tail_last_entry = None;
+        Ok(true)
+    }
+
     /// Writes and fsyncs everything pushed so far.
     pub fn flush(&self) -> Result<()> {
         let st = self.state.lock().expect("writer lock");
