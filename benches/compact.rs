@@ -27,7 +27,9 @@
 //!   `Durability::Sync` and records each push's latency, in windows: idle
 //!   (10,000 pushes, `MILLPOND_BENCH_PUSHES`, nothing else running), busy
 //!   (pushing for as long as one `compact_now` pass on another thread copies
-//!   forward a queue of `S` = 8 segments, `MILLPOND_BENCH_BUSY_SEGMENTS`),
+//!   forward a queue of `S` = 8 segments, `MILLPOND_BENCH_BUSY_SEGMENTS`;
+//!   that thread runs at nice 19 like the store's background compactor
+//!   thread, `MILLPOND_BENCH_COMPACTOR_NICE=0` keeps it at normal priority),
 //!   idle again. Four rounds (`MILLPOND_BENCH_ROUNDS`), each on a new store:
 //!   odd rounds push to another queue of the same store (`busy_other`),
 //!   even ones to the queue being compacted (`busy_same`). Each busy p99 is
@@ -174,14 +176,42 @@ fn apply_policy(var: &str) -> bool {
     true
 }
 
-/// `chrt <policy> -p <priority> <this thread>`.
-fn chrt(args: &str) {
+/// The nice value the compacting thread of `busy_window` runs at: 19, as
+/// the store's background compactor thread sets for itself
+/// (`MILLPOND_BENCH_COMPACTOR_NICE=0` runs it at normal priority, as a
+/// `compact_now` caller would).
+fn compactor_nice() -> i32 {
+    std::env::var("MILLPOND_BENCH_COMPACTOR_NICE")
+        .map_or(19, |v| v.parse().expect("MILLPOND_BENCH_COMPACTOR_NICE"))
+}
+
+/// The id of the calling thread.
+fn thread_id() -> String {
     let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
-    let tid = me
-        .file_name()
+    me.file_name()
         .and_then(|t| t.to_str())
         .expect("thread id")
-        .to_owned();
+        .to_owned()
+}
+
+/// `renice -n <nice> -p <this thread>` (the nice value is per thread on
+/// Linux).
+fn renice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let tid = thread_id();
+    let status = std::process::Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p", &tid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run renice");
+    assert!(status.success(), "renice {nice} for thread {tid}: {status}");
+}
+
+/// `chrt <policy> -p <priority> <this thread>`.
+fn chrt(args: &str) {
+    let tid = thread_id();
     let mut words = args.split_whitespace();
     let status = std::process::Command::new("chrt")
         .arg(words.next().expect("policy"))
@@ -271,6 +301,7 @@ fn busy_window(store: &Store, q: &Queue) -> (Pcts, CompactReport, Duration) {
     let done = AtomicBool::new(false);
     let (lat, wall, report, pass) = std::thread::scope(|s| {
         let compactor = s.spawn(|| {
+            renice(compactor_nice());
             apply_policy("MILLPOND_BENCH_COMPACTOR_POLICY");
             let t = Instant::now();
             let r = store.compact_now().expect("compact_now");
