@@ -273,10 +273,8 @@ const COMPACTOR_NICE: i32 = 19;
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     {
-        let _ = rustix::process::setpriority_process(
-            Some(rustix::thread::gettid()),
-            COMPACTOR_NICE,
-        );
+        let _ =
+            rustix::process::setpriority_process(Some(rustix::thread::gettid()), COMPACTOR_NICE);
     }
 }
 
