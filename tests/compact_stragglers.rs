@@ -14,7 +14,8 @@
 //!   message of a sealed segment reads as `None`;
 //! - every straggler is delivered again (lease expired, delay due, kicked)
 //!   with its id and payload, and nothing else is;
-//! - once they are acked, a pass deletes every sealed segment.
+//! - once they are acked, a pass deletes every sealed segment, and the
+//!   active one too (it is finished and over a quarter of a segment).
 //!
 //! Each test runs twice on each file system: delivering the stragglers
 //! before a reopen (they come back after it as released leases), and
@@ -77,6 +78,8 @@ struct Pushed {
     acked: Vec<u64>,
     /// The first id of the active segment.
     active_first: u64,
+    /// Its length in bytes when the stragglers were set up.
+    active_bytes: u64,
 }
 
 impl Pushed {
@@ -162,6 +165,7 @@ fn fill(store: &Store, q: &Queue, g: &Group, kind: Kind) -> Pushed {
         stragglers,
         acked,
         active_first: segs.last().unwrap().0,
+        active_bytes: segs.last().unwrap().1,
     }
 }
 
@@ -263,9 +267,17 @@ fn ack_all_and_compact(store: &Store, q: &Queue, g: &Group, pushed: &Pushed) {
         g.ack(id).unwrap();
     }
     let r = store.compact_now().unwrap();
-    assert_eq!(r.segments_deleted, SEALED as u64, "{r:?}");
+    // The active segment is finished too and holds more than a quarter of a
+    // segment: the pass rolls it and deletes it with the sealed ones.
+    assert!(
+        pushed.active_bytes >= SEGMENT / 4,
+        "active segment of {} bytes",
+        pushed.active_bytes
+    );
+    assert_eq!(r.segments_deleted, SEALED as u64 + 1, "{r:?}");
     let stats = q.log_stats().unwrap();
-    assert_eq!((stats.segments, stats.first_id), (1, pushed.active_first));
+    assert_eq!((stats.segments, stats.first_id), (1, q.next_id()));
+    assert_eq!(stats.bytes_on_disk, SEGMENT_HEADER);
 }
 
 fn scenario(kind: Kind, reopen_first: bool, path: &Path, options: Options) {
