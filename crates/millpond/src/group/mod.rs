@@ -858,10 +858,16 @@ impl GroupInner {
     }
 
     pub fn kick(&self, n: usize) -> Result<usize> {
-        let mut live = self.lock()?;
+        let live = self.lock()?;
         let ids = live.state.buried_ids(n);
+        self.kick_ids(live, &ids)
+    }
+
+    /// Kicks `ids` (buried or delayed, as listed by the state under the
+    /// lock held in `live`) with one commit; wakes waiting reservers.
+    fn kick_ids(&self, mut live: MutexGuard<'_, Live>, ids: &[u64]) -> Result<usize> {
         let mut ticket = 0;
-        for &id in &ids {
+        for &id in ids {
             live.state
                 .kick_id(id)
                 .map_err(|r| refused(&self.name, id, r))?;
@@ -978,20 +984,7 @@ impl GroupInner {
         self.tick(&mut live, now)?;
         self.peek_fresh(&mut live, now)?;
         let ids = live.state.delayed_ids(n);
-        let mut ticket = 0;
-        for &id in &ids {
-            live.state
-                .kick_id(id)
-                .map_err(|r| refused(&self.name, id, r))?;
-            ticket = self.journal.append(Record::Kick { id })?;
-        }
-        self.maybe_checkpoint(&mut live)?;
-        drop(live);
-        if !ids.is_empty() {
-            self.wake.notify();
-            self.commit(ticket, true)?;
-        }
-        Ok(ids.len())
+        self.kick_ids(live, &ids)
     }
 
     /// Reserves the message `id` if it is ready, delayed or buried.
