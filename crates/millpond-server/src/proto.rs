@@ -293,10 +293,10 @@ fn u64_end(buf: &[u8]) -> Option<u64> {
     }
 }
 
-/// C's `strtol(s, &end, 10)` on a 64-bit platform: leading white space,
-/// an optional sign, digits; no digits is 0; trailing bytes ignored.
-/// `None` when the value overflows a 64-bit long (`ERANGE`).
-fn strtol(buf: &[u8]) -> Option<i64> {
+/// What C's `strtol`/`strtoul` skip before the digits: leading white space
+/// (`isspace`) and one optional sign. Returns the index of the first digit
+/// and whether the sign was `-`.
+fn skip_space_and_sign(buf: &[u8]) -> (usize, bool) {
     let mut i = 0;
     while buf
         .get(i)
@@ -304,17 +304,18 @@ fn strtol(buf: &[u8]) -> Option<i64> {
     {
         i += 1;
     }
-    let negative = match buf.get(i) {
-        Some(b'-') => {
-            i += 1;
-            true
-        }
-        Some(b'+') => {
-            i += 1;
-            false
-        }
-        _ => false,
-    };
+    match buf.get(i) {
+        Some(b'-') => (i + 1, true),
+        Some(b'+') => (i + 1, false),
+        _ => (i, false),
+    }
+}
+
+/// C's `strtol(s, &end, 10)` on a 64-bit platform: leading white space,
+/// an optional sign, digits; no digits is 0; trailing bytes ignored.
+/// `None` when the value overflows a 64-bit long (`ERANGE`).
+fn strtol(buf: &[u8]) -> Option<i64> {
+    let (mut i, negative) = skip_space_and_sign(buf);
     let mut n: i128 = 0;
     while let Some(&d) = buf.get(i) {
         if !d.is_ascii_digit() {
@@ -334,24 +335,7 @@ fn strtol(buf: &[u8]) -> Option<i64> {
 /// 32-bit `uint` beanstalkd keeps: leading white space, an optional sign,
 /// digits; trailing bytes ignored. `None` for no digits or overflow.
 fn strtoul_u32(buf: &[u8]) -> Option<u32> {
-    let mut i = 0;
-    while buf
-        .get(i)
-        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r'))
-    {
-        i += 1;
-    }
-    let negative = match buf.get(i) {
-        Some(b'-') => {
-            i += 1;
-            true
-        }
-        Some(b'+') => {
-            i += 1;
-            false
-        }
-        _ => false,
-    };
+    let (mut i, negative) = skip_space_and_sign(buf);
     let start = i;
     let mut n: u64 = 0;
     while let Some(&d) = buf.get(i) {
