@@ -1315,6 +1315,29 @@ fn replay_record(
 /// Replays the live fresh scan from the cursor up to (not including) `end`:
 /// messages with a priority or a delay are set aside, as the live scan did.
 fn set_aside_until(state: &mut GroupState, log: &Arc<Log>, end: u64, now: u64) -> Result<()> {
+    set_aside_where(state, log, end, now, |f| {
+        f.attrs.priority != 0 || f.attrs.not_before_ms != 0
+    })
+}
+
+/// Tracks every fresh message from the cursor up to (not including) `end`
+/// as the fresh scan would set it aside (ready at its priority, or
+/// delayed), priority 0 ones included, and moves the cursor to `end`.
+fn track_until(state: &mut GroupState, log: &Arc<Log>, end: u64, now: u64) -> Result<()> {
+    set_aside_where(state, log, end, now, |_| true)?;
+    state.cursor = state.cursor.max(end);
+    Ok(())
+}
+
+/// Sets aside the untracked messages from the cursor up to (not including)
+/// `end` that `wanted` picks.
+fn set_aside_where(
+    state: &mut GroupState,
+    log: &Arc<Log>,
+    end: u64,
+    now: u64,
+    wanted: impl Fn(&StoredFrame) -> bool,
+) -> Result<()> {
     let mut reader = log.reader(state.cursor);
     loop {
         let f = match reader.next() {
@@ -1328,33 +1351,10 @@ fn set_aside_until(state: &mut GroupState, log: &Arc<Log>, end: u64, now: u64) -
         if f.id >= end {
             break;
         }
-        if state.entry(f.id).is_none() && (f.attrs.priority != 0 || f.attrs.not_before_ms != 0) {
+        if state.entry(f.id).is_none() && wanted(&f) {
             state.set_aside(f.id, f.attrs.priority, f.attrs.not_before_ms, now);
         }
     }
-    Ok(())
-}
-
-/// Tracks every fresh message from the cursor up to (not including) `end`
-/// as the fresh scan would set it aside (ready at its priority, or
-/// delayed), priority 0 ones included, and moves the cursor to `end`.
-fn track_until(state: &mut GroupState, log: &Arc<Log>, end: u64, now: u64) -> Result<()> {
-    let mut reader = log.reader(state.cursor);
-    loop {
-        let f = match reader.next() {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) if e.is_corruption() => continue,
-            Err(e) => return Err(e),
-        };
-        if f.id >= end {
-            break;
-        }
-        if state.entry(f.id).is_none() {
-            state.set_aside(f.id, f.attrs.priority, f.attrs.not_before_ms, now);
-        }
-    }
-    state.cursor = state.cursor.max(end);
     Ok(())
 }
 
