@@ -476,6 +476,12 @@ impl Group {
         &self.inner.name
     }
 
+    /// Messages the group tracks in memory.
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
+        self.inner.tracked()
+    }
+
     /// Reserves the next ready message for `lease`, or returns `None`.
     /// Ready order is (priority, id). The reservation is recorded (written,
     /// not fsynced) before this returns, so the attempt counts even if the

@@ -117,6 +117,7 @@ fn index_seeds() -> Vec<(&'static str, Vec<u8>)> {
         first_id,
         covered_bytes,
         next_id,
+        priority_floor: 0,
     };
     let mut version = index::encode(&meta(1, 32, 1), &[]);
     version[8] = 2;

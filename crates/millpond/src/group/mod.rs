@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::clock::Clock;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{self, Fs};
-use crate::log::{Log, LogReader, StoredFrame};
+use crate::log::{FloorCache, Log, LogReader, StoredFrame};
 use crate::options::Durability;
 use journal::{Goal, Journal, Record};
 use state::{Entry, EntryState, GroupState, Refused};
@@ -271,6 +271,8 @@ struct Live {
     fresh: LogReader,
     /// The first fresh message, read ahead but not yet reserved.
     pending: Option<StoredFrame>,
+    /// For the log's priority floor from the cursor on.
+    floor: FloorCache,
     journal_seq: u64,
     closed: bool,
 }
@@ -408,6 +410,7 @@ impl GroupInner {
                 opts,
                 fresh,
                 pending: None,
+                floor: FloorCache::default(),
                 journal_seq: seq,
                 closed: false,
             }),
@@ -428,6 +431,16 @@ impl GroupInner {
 
     pub fn recovery(&self) -> &GroupRecovery {
         &self.recovery
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
+        self.live
+            .lock()
+            .expect("group lock")
+            .state
+            .entries()
+            .count()
     }
 
     /// Applies options given by a caller to a group that was opened with
@@ -543,12 +556,29 @@ impl GroupInner {
         Ok(live)
     }
 
-    /// The first fresh message without a priority or a due delay; messages
-    /// with either are set aside into the tracked state on the way.
+    /// The first fresh message: ready (no delay, or a due one) at the log's
+    /// priority floor from the cursor on, the lowest any unscanned message
+    /// has (0 unless every message from there on has a higher one). Messages
+    /// the scan passes on the way, delayed or at another priority, are set
+    /// aside into the tracked state. A queue whose messages share one
+    /// priority so costs no memory per message, whatever that priority is.
     fn peek_fresh(&self, live: &mut Live, now: u64) -> Result<Option<StoredFrame>> {
+        let mut floor = self.log.priority_floor(live.state.cursor, &mut live.floor);
         loop {
-            if let Some(f) = &live.pending {
-                return Ok(Some(f.clone()));
+            if let Some(f) = live.pending.take() {
+                if f.attrs.priority != floor {
+                    floor = self.log.priority_floor(f.id, &mut live.floor);
+                }
+                if f.attrs.priority == floor {
+                    live.pending = Some(f.clone());
+                    return Ok(Some(f));
+                }
+                // A message with a lower priority arrived behind it: it
+                // is no longer first in (priority, id) order.
+                live.state
+                    .set_aside(f.id, f.attrs.priority, f.attrs.not_before_ms, now);
+                live.state.cursor = f.id + 1;
+                continue;
             }
             if live.fresh.position() != live.state.cursor {
                 live.fresh = self.log.reader(live.state.cursor);
@@ -568,7 +598,13 @@ impl GroupInner {
             if f.id < live.state.cursor || live.state.entry(f.id).is_some() {
                 continue;
             }
-            if f.attrs.priority != 0 || f.attrs.not_before_ms > now {
+            if f.attrs.priority != floor {
+                // The floor may have risen: the scan left the segment that
+                // held a lower priority, or the frame is in one that was
+                // not there when the floor was read.
+                floor = self.log.priority_floor(f.id, &mut live.floor);
+            }
+            if f.attrs.priority != floor || f.attrs.not_before_ms > now {
                 live.state
                     .set_aside(f.id, f.attrs.priority, f.attrs.not_before_ms, now);
                 live.state.cursor = f.id + 1;
@@ -588,8 +624,7 @@ impl GroupInner {
             let fresh = self.peek_fresh(live, now)?;
             let tracked = live.state.best_ready();
             let take_tracked = match (&tracked, &fresh) {
-                (Some((0, tid)), Some(f)) => *tid < f.id,
-                (Some(_), Some(_)) => false,
+                (Some(t), Some(f)) => *t < (f.attrs.priority, f.id),
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => return Ok(None),
@@ -1095,7 +1130,9 @@ impl GroupInner {
         let fresh = self.peek_fresh(&mut live, now)?;
         let tracked = live.state.best_ready();
         match (tracked, fresh) {
-            (Some((0, tid)), Some(f)) if tid < f.id => self.peeked(tid, live.state.entry(tid)),
+            (Some((p, tid)), Some(f)) if (p, tid) < (f.attrs.priority, f.id) => {
+                self.peeked(tid, live.state.entry(tid))
+            }
             (_, Some(f)) => self.peeked(f.id, None),
             (Some((_, tid)), None) => self.peeked(tid, live.state.entry(tid)),
             (None, None) => Ok(None),
@@ -1373,6 +1410,9 @@ fn remove_journals_below(fs: &dyn Fs, dir: &Path, journals: &[u64], seq: u64) ->
 
 #[cfg(test)]
 mod out_of_order_tests;
+
+#[cfg(test)]
+mod priority_floor_tests;
 
 #[cfg(test)]
 mod tests {

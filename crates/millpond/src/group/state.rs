@@ -5,8 +5,9 @@
 //! finished (acked or removed; it has no entry) or tracked in `entries`
 //! (in flight, ready for a retry, delayed, buried, or a message with a
 //! priority or delay that the fresh scan set aside). Messages from `cursor`
-//! on are *fresh*: never delivered, ready in id order at the default
-//! priority, and cost no memory until they are delivered.
+//! on are *fresh*: never delivered, and cost no memory until they are
+//! delivered or set aside (the scan reads them in id order at the log's
+//! priority floor; see `docs/design.md`).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -44,6 +44,19 @@ pub struct Attrs {
 }
 
 impl Attrs {
+    /// What the frame counts as in its segment's priority floor: its
+    /// priority, or 0 when it has a not-before time. A consumer group reads
+    /// ahead only at the floor, so up to a delayed message it scans (and
+    /// sets aside) every message, and so finds the delayed one for
+    /// `peek_delayed` and `kick`.
+    pub fn floor_priority(&self) -> u32 {
+        if self.not_before_ms != 0 {
+            0
+        } else {
+            self.priority
+        }
+    }
+
     fn flags(&self) -> u32 {
         let mut flags = 0;
         if self.priority != PRIORITY_DEFAULT {

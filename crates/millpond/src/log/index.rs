@@ -10,7 +10,9 @@
 //! 16      8     first id of the segment, u64
 //! 24      8     covered bytes: the segment's length this index describes
 //! 32      8     next id: one past the last id in the covered bytes
-//! 40      4     reserved, 0
+//! 40      4     priority floor, u32: no frame in the covered bytes has a
+//!               lower priority (0 in files written before it was kept:
+//!               no claim)
 //! 44      4     crc32 of bytes [0, 44) and of all entries
 //! 48      16*n  entries: id u64, position u64 (frame start in the segment)
 //! ```
@@ -42,6 +44,9 @@ pub struct IndexMeta {
     pub covered_bytes: u64,
     /// One past the last id in the covered bytes.
     pub next_id: u64,
+    /// No frame in the covered bytes has a lower priority (`u32::MAX` when
+    /// there are none; 0 makes no claim).
+    pub priority_floor: u32,
 }
 
 /// Why an index file cannot be used.
@@ -63,7 +68,7 @@ pub fn encode(meta: &IndexMeta, entries: &[(u64, u64)]) -> Vec<u8> {
     out.extend_from_slice(&meta.first_id.to_le_bytes());
     out.extend_from_slice(&meta.covered_bytes.to_le_bytes());
     out.extend_from_slice(&meta.next_id.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&meta.priority_floor.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     for (id, pos) in entries {
         out.extend_from_slice(&id.to_le_bytes());
@@ -114,6 +119,7 @@ pub fn decode(bytes: &[u8]) -> Result<IndexMeta, IndexError> {
         first_id: u64_at(bytes, 16),
         covered_bytes: u64_at(bytes, 24),
         next_id: u64_at(bytes, 32),
+        priority_floor: u32_at(bytes, 40),
     };
     // Entries must ascend in both id and position.
     let mut prev: Option<(u64, u64)> = None;
@@ -199,6 +205,7 @@ mod tests {
             first_id: 10,
             covered_bytes: 5000,
             next_id: 40,
+            priority_floor: 1024,
         };
         let entries = vec![(10, 32), (20, 1000), (30, 4000)];
         let bytes = encode(&meta, &entries);
@@ -216,6 +223,7 @@ mod tests {
             first_id: 1,
             covered_bytes: 100,
             next_id: 3,
+            priority_floor: 0,
         };
         let mut bytes = encode(&meta, &[(1, 32), (2, 60)]);
         bytes[50] ^= 1;
@@ -243,6 +251,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn index_written_before_the_floor_was_kept_makes_no_claim() {
+        let meta = IndexMeta {
+            first_id: 1,
+            covered_bytes: 100,
+            next_id: 3,
+            priority_floor: 7,
+        };
+        let mut bytes = encode(&meta, &[(1, 32)]);
+        assert_eq!(u32_at(&bytes, 40), 7, "the floor sits at offset 40");
+        // The field was reserved and zero: such a file decodes with floor 0.
+        bytes[40..44].copy_from_slice(&[0; 4]);
+        let mut h = crc32fast::Hasher::new();
+        h.update(&bytes[..OFF_CRC]);
+        h.update(&bytes[HEADER_LEN..]);
+        let crc = h.finalize();
+        bytes[OFF_CRC..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&bytes).map(|m| m.priority_floor), Ok(0));
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
@@ -255,7 +283,7 @@ mod tests {
         #[test]
         fn encoded_indexes_decode(n in 0usize..50, first in 0u64..1000) {
             let entries: Vec<(u64, u64)> = (0..n as u64).map(|i| (first + i * 3, 32 + i * 100)).collect();
-            let meta = IndexMeta { first_id: first, covered_bytes: 32 + n as u64 * 100 + 1, next_id: first + n as u64 * 3 + 1 };
+            let meta = IndexMeta { first_id: first, covered_bytes: 32 + n as u64 * 100 + 1, next_id: first + n as u64 * 3 + 1, priority_floor: first as u32 };
             let bytes = encode(&meta, &entries);
             prop_assert_eq!(decode(&bytes), Ok(meta));
             for (i, e) in entries.iter().enumerate() {

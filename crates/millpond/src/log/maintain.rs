@@ -36,6 +36,8 @@ pub(crate) struct LiveCopy {
     pub entries: Vec<(u64, u64)>,
     /// One past the last live id found.
     pub next_id: u64,
+    /// The lowest priority among the live frames (`u32::MAX` if none).
+    pub priority_floor: u32,
     /// Bytes of the live frames found.
     pub live_bytes: u64,
     /// Live ids not found: missing, or inside damaged bytes.
@@ -143,6 +145,7 @@ impl Log {
             bytes: Vec::new(),
             entries: Vec::new(),
             next_id: first_id,
+            priority_floor: u32::MAX,
             live_bytes: 0,
             missing: 0,
             damaged: false,
@@ -194,6 +197,7 @@ impl Log {
                 continue;
             }
             out.live_bytes += f.len as u64;
+            out.priority_floor = out.priority_floor.min(f.attrs.floor_priority());
             if copy {
                 let at = out.bytes.len() as u64;
                 if out
@@ -243,6 +247,7 @@ impl Log {
             first_id,
             covered_bytes: copy.bytes.len() as u64,
             next_id: copy.next_id,
+            priority_floor: copy.priority_floor,
         };
         crate::fs::write_atomic(&*self.fs, &index_path, &index::encode(&meta, &copy.entries))
             .ctx("write index", &index_path)?;

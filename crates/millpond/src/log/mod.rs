@@ -11,6 +11,7 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -79,6 +80,12 @@ pub(crate) struct Log {
     io: Mutex<writer::WriterIo>,
     /// Wakes the interval timer early on close.
     timer_wake: Condvar,
+    /// The lowest priority among frames pushed but not yet taken by a
+    /// flush round (lowered under the writer lock), and among those the
+    /// running round is writing: with the segments' floors they bound
+    /// every pushed message, written or not (see `priority_floor`).
+    buffered_floor: AtomicU32,
+    writing_floor: AtomicU32,
     recovery: QueueRecovery,
 }
 
@@ -97,6 +104,66 @@ impl Log {
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.segments.read().expect("segments lock").len()
+    }
+
+    /// A priority no message from `id` on is below, counting every message
+    /// whose push has returned: `u32::MAX` when there are none. A consumer group reads fresh messages in id order at this
+    /// priority and sets the others aside, so a queue whose messages all
+    /// carry one priority (not only 0) costs a group no memory per message.
+    ///
+    /// It is the lowest floor of the segments from the one holding `id` on.
+    /// A segment's floor only falls while it is active (lowered before its
+    /// frames become visible) and is fixed once sealed, so `cache` keeps the
+    /// sealed segments' part while the first segment and the active one
+    /// stay the same. A copy-forward keeps a subset of a segment's frames
+    /// and retention only drops segments: a cached value can only be too
+    /// low, which costs memory, never order. A segment that cannot be
+    /// loaded counts as 0 (no claim); reading it reports the error.
+    pub fn priority_floor(&self, id: u64, cache: &mut FloorCache) -> u32 {
+        // Frames not yet in a segment first: a round moves them from the
+        // buffer to `writing_floor` before it resets `buffered_floor`, and
+        // lowers the segment's floor before it resets `writing_floor`.
+        let unwritten = self
+            .buffered_floor
+            .load(Ordering::SeqCst)
+            .min(self.writing_floor.load(Ordering::SeqCst));
+        let (from, active, between) = {
+            let segs = self.segments.read().expect("segments lock");
+            let (&active_id, active) = segs
+                .iter()
+                .next_back()
+                .expect("a log has at least one segment");
+            let from = segs
+                .range(..=id)
+                .next_back()
+                .map_or(*segs.keys().next().expect("a segment"), |(&k, _)| k);
+            let active = active.clone();
+            if cache.valid && cache.from == from && cache.active == active_id {
+                (from, active, None)
+            } else {
+                let between: Vec<_> = segs
+                    .range(from..active_id)
+                    .map(|(_, s)| s.clone())
+                    .collect();
+                (from, active, Some(between))
+            }
+        };
+        let (max, interval) = (self.opts.frame_payload_max, self.opts.index_interval);
+        if let Some(between) = between {
+            let sealed = between.iter().fold(u32::MAX, |m, s| {
+                m.min(s.priority_floor(&*self.fs, max, interval).unwrap_or(0))
+            });
+            *cache = FloorCache {
+                from,
+                active: active.first_id,
+                sealed,
+                valid: true,
+            };
+        }
+        cache
+            .sealed
+            .min(active.priority_floor(&*self.fs, max, interval).unwrap_or(0))
+            .min(unwritten)
     }
 
     fn segment_for(&self, id: u64) -> Option<Arc<SegmentFile>> {
@@ -185,6 +252,16 @@ impl Log {
             cause: cause.clone(),
         }
     }
+}
+
+/// What [`Log::priority_floor`] keeps between calls from one reader:
+/// the floor of the sealed segments from `from` up to the active one.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FloorCache {
+    from: u64,
+    active: u64,
+    sealed: u32,
+    valid: bool,
 }
 
 /// Reads messages in id order; see [`crate::Reader`].

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -135,6 +136,7 @@ impl Log {
             tail.file,
             tail.len,
             tail.next_id,
+            tail.priority_floor,
             tail.entries,
             tail.damage,
         ));
@@ -151,6 +153,8 @@ impl Log {
             gathered: Condvar::new(),
             io: Mutex::new(WriterIo { active: tail_seg }),
             timer_wake: Condvar::new(),
+            buffered_floor: AtomicU32::new(u32::MAX),
+            writing_floor: AtomicU32::new(u32::MAX),
             recovery: report,
         });
         if log.interval().is_some() {
@@ -181,6 +185,8 @@ struct Tail {
     file: Arc<dyn FsFile>,
     len: u64,
     next_id: u64,
+    /// No frame in the tail has a lower priority.
+    priority_floor: u32,
     entries: Vec<(u64, u64)>,
     damage: Vec<Damage>,
 }
@@ -214,6 +220,7 @@ fn recover_tail(
             file,
             len: segment::HEADER_LEN,
             next_id: first_id,
+            priority_floor: u32::MAX,
             entries: Vec::new(),
             damage: Vec::new(),
         });
@@ -222,6 +229,7 @@ fn recover_tail(
 
     // Start after what a valid index file already describes.
     let (mut start, mut next_id, mut entries) = (segment::HEADER_LEN, first_id, Vec::new());
+    let mut priority_floor = u32::MAX;
     match fs.open(&index_path, OpenMode::Read) {
         Ok(f) => {
             let bytes = f.map().ctx("map index", &index_path)?;
@@ -233,6 +241,7 @@ fn recover_tail(
                 {
                     start = meta.covered_bytes;
                     next_id = meta.next_id;
+                    priority_floor = meta.priority_floor;
                     entries = (0..(bytes.len() - index::HEADER_LEN) / index::ENTRY_LEN)
                         .map(|i| index::entry(&bytes, i))
                         .collect();
@@ -337,6 +346,9 @@ fn recover_tail(
         }
         len = s.end;
         next_id = s.next_id;
+        if let Some(p) = s.min_priority {
+            priority_floor = priority_floor.min(p);
+        }
         entries.extend(s.entries);
         damage = s.damage;
     }
@@ -350,6 +362,7 @@ fn recover_tail(
         file,
         len,
         next_id,
+        priority_floor,
         entries,
         damage,
     })

@@ -130,6 +130,9 @@ pub struct Scan {
     pub next_id: u64,
     /// Number of valid frames.
     pub frames: u64,
+    /// The lowest [`floor_priority`](super::frame::Attrs::floor_priority)
+    /// among the valid frames (`None` without frames).
+    pub min_priority: Option<u32>,
     /// New sparse index entries.
     pub entries: Vec<(u64, u64)>,
     /// Interior damage: bad bytes followed by valid frames.
@@ -168,6 +171,8 @@ pub fn scan(
                 }
                 s.next_id = f.id + 1;
                 s.frames += 1;
+                let p = f.attrs.floor_priority();
+                s.min_priority = Some(s.min_priority.map_or(p, |m| m.min(p)));
                 pos += f.len;
                 s.end = pos as u64;
             }

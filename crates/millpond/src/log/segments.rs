@@ -31,6 +31,9 @@ struct SegInner {
     len: u64,
     /// One past the last id in the readable bytes.
     next_id: u64,
+    /// No frame in the readable bytes has a lower priority (`u32::MAX`
+    /// without frames). Known once loaded; kept through sealing.
+    priority_floor: u32,
     index: SparseIndex,
     map: Option<Arc<Mapped>>,
     damage: Vec<Damage>,
@@ -67,6 +70,7 @@ impl SegmentFile {
                 loaded: false,
                 len: 0,
                 next_id: first_id,
+                priority_floor: 0,
                 index: SparseIndex::Owned(Vec::new()),
                 map: None,
                 damage: Vec::new(),
@@ -74,13 +78,16 @@ impl SegmentFile {
         }
     }
 
-    /// The active segment, recovered or just created.
+    /// The active segment, recovered or just created. `priority_floor` is
+    /// the lowest priority of its frames (`u32::MAX` without frames).
+    #[allow(clippy::too_many_arguments)]
     pub fn active(
         dir: &Path,
         first_id: u64,
         file: Arc<dyn FsFile>,
         len: u64,
         next_id: u64,
+        priority_floor: u32,
         entries: Vec<(u64, u64)>,
         damage: Vec<Damage>,
     ) -> SegmentFile {
@@ -97,6 +104,7 @@ impl SegmentFile {
                 loaded: true,
                 len,
                 next_id,
+                priority_floor,
                 index: SparseIndex::Owned(entries),
                 map: None,
                 damage,
@@ -108,12 +116,15 @@ impl SegmentFile {
         self.file.get()
     }
 
-    /// Records bytes the writer has handed to the OS.
-    pub fn advance(&self, len: u64, next_id: u64, entries: &[(u64, u64)]) {
+    /// Records bytes the writer has handed to the OS, whose frames have no
+    /// priority below `priority_floor`. Readers see the frames only after
+    /// this, so a floor read before them is never above theirs.
+    pub fn advance(&self, len: u64, next_id: u64, priority_floor: u32, entries: &[(u64, u64)]) {
         let mut inner = self.inner.write().expect("segment lock");
         debug_assert!(len >= inner.len && next_id >= inner.next_id);
         inner.len = len;
         inner.next_id = next_id;
+        inner.priority_floor = inner.priority_floor.min(priority_floor);
         if let SparseIndex::Owned(v) = &mut inner.index {
             v.extend_from_slice(entries);
         }
@@ -126,6 +137,7 @@ impl SegmentFile {
             first_id: self.first_id,
             covered_bytes: inner.len,
             next_id: inner.next_id,
+            priority_floor: inner.priority_floor,
         };
         index::encode(&meta, &inner.index.to_vec())
     }
@@ -146,6 +158,14 @@ impl SegmentFile {
         self.load(fs, payload_len_max, interval)?;
         let inner = self.inner.read().expect("segment lock");
         Ok((inner.len, inner.next_id))
+    }
+
+    /// A priority no message in the segment is below (loading a sealed
+    /// segment if needed): `u32::MAX` when it has none, 0 when its index
+    /// file predates the field.
+    pub fn priority_floor(&self, fs: &dyn Fs, payload_len_max: u32, interval: u64) -> Result<u32> {
+        self.load(fs, payload_len_max, interval)?;
+        Ok(self.inner.read().expect("segment lock").priority_floor)
     }
 
     /// Loads a sealed segment's header and index, rebuilding the index from
@@ -190,8 +210,8 @@ impl SegmentFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io("open index", &self.index_path, e)),
         };
-        let (next_id, idx, damage) = match from_file {
-            Some((meta, idx)) => (meta.next_id, idx, Vec::new()),
+        let (next_id, floor, idx, damage) = match from_file {
+            Some((meta, idx)) => (meta.next_id, meta.priority_floor, idx, Vec::new()),
             None => {
                 let s = segment::scan(
                     &map,
@@ -211,10 +231,12 @@ impl SegmentFile {
                         detail,
                     });
                 }
+                let floor = s.min_priority.unwrap_or(u32::MAX);
                 let meta = IndexMeta {
                     first_id: self.first_id,
                     covered_bytes: len,
                     next_id: s.next_id,
+                    priority_floor: floor,
                 };
                 // The index is derived data: failing to save it costs a
                 // rescan next time, nothing more.
@@ -223,11 +245,12 @@ impl SegmentFile {
                     &self.index_path,
                     &index::encode(&meta, &s.entries),
                 );
-                (s.next_id, SparseIndex::Owned(s.entries), damage)
+                (s.next_id, floor, SparseIndex::Owned(s.entries), damage)
             }
         };
         inner.len = len;
         inner.next_id = next_id;
+        inner.priority_floor = floor;
         inner.index = idx;
         inner.map = Some(map);
         inner.damage = damage;

@@ -4,6 +4,7 @@
 //! `fdatasync`. Threads that pushed while a round ran are carried by the
 //! next round: group commit.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -63,6 +64,8 @@ struct Chunk {
     bytes: Vec<u8>,
     entries: Vec<(u64, u64)>,
     end_id: u64,
+    /// The lowest priority among the chunk's frames.
+    priority_floor: u32,
 }
 
 /// What only the flush leader touches.
@@ -209,6 +212,7 @@ impl Log {
                 bytes: Vec::with_capacity(if roll { 0 } else { 4096 }),
                 entries: Vec::new(),
                 end_id: st.next_id,
+                priority_floor: u32::MAX,
             });
         }
         let id = st.next_id;
@@ -227,6 +231,12 @@ impl Log {
         let chunk = st.chunks.last_mut().expect("pushed above");
         frame::encode(&mut chunk.bytes, id, ts, attrs, payload);
         chunk.end_id = id + 1;
+        let floor = attrs.floor_priority();
+        chunk.priority_floor = chunk.priority_floor.min(floor);
+        // Under the writer lock, as is the round's reset: check, then lower.
+        if floor < self.buffered_floor.load(Ordering::Relaxed) {
+            self.buffered_floor.fetch_min(floor, Ordering::SeqCst);
+        }
         st.next_id = id + 1;
         st.tail_len += len;
         st.pending_bytes += len as usize;
@@ -311,12 +321,17 @@ impl Log {
         let target = st.next_id;
         st.inflight_target = target;
         let sync = goal == Goal::Durable && st.durable_next_id < target;
+        self.writing_floor
+            .fetch_min(self.buffered_floor.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.buffered_floor.store(u32::MAX, Ordering::SeqCst);
         drop(st);
         let result = self.write_chunks(chunks, sync);
         let mut st = self.state.lock().expect("writer lock");
         st.flushing = false;
         match &result {
             Ok(()) => {
+                // Every frame of the round is in its segment's floor now.
+                self.writing_floor.store(u32::MAX, Ordering::SeqCst);
                 if sync {
                     st.expected_pushers = pushers + st.pending_pushers;
                 }
@@ -355,6 +370,7 @@ impl Log {
             seg.advance(
                 chunk.start_pos + chunk.bytes.len() as u64,
                 chunk.end_id,
+                chunk.priority_floor,
                 &chunk.entries,
             );
         }
@@ -389,6 +405,7 @@ impl Log {
             file,
             segment::HEADER_LEN,
             first_id,
+            u32::MAX,
             Vec::new(),
             Vec::new(),
         ));
