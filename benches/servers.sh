@@ -14,8 +14,7 @@
 #   --no-rss      skip the RSS measurement
 #   --only TEXT   only the systems whose name contains TEXT (e.g. redis)
 #   --priority N  priority of beanstalk-protocol puts (default 1024, the
-#                 default of pheanstalk; millpond tracks every job whose
-#                 priority is not 0 in memory and in its checkpoints)
+#                 default of pheanstalk)
 #
 # Needs: beanstalkd, redis-server, jq, python3, cargo; nats-server for the
 # NATS rows (skipped without it). Prints a table per

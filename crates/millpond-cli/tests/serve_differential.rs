@@ -324,9 +324,12 @@ impl Target {
         Target::Beanstalkd(Beanstalkd::start(&["-z", MAX_JOB_SIZE]))
     }
 
-    fn start_millpond() -> Target {
+    fn start_millpond(durability: &str) -> Target {
         let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(&dir.path().join("store"), &["--max-job-size", MAX_JOB_SIZE]);
+        let server = Server::start(
+            &dir.path().join("store"),
+            &["--max-job-size", MAX_JOB_SIZE, "--durability", durability],
+        );
         Target::Millpond {
             server,
             _store: dir,
@@ -495,8 +498,15 @@ fn record(name: &str, session: &[Line], transcript: &Transcript) {
     std::fs::write(&path, out).unwrap();
 }
 
-/// Runs session `name` on both servers and compares.
+/// Runs session `name` on both servers and compares (millpond under
+/// `--durability sync`).
 fn differential(name: &str) {
+    differential_under(name, "sync");
+}
+
+/// Runs session `name` on beanstalkd and on millpond under `durability`,
+/// and compares.
+fn differential_under(name: &str, durability: &str) {
     let session = load(name);
     let reference = run(name, &session, &Target::start_beanstalkd());
     if std::env::var_os("MILLPOND_SESSIONS_RECORD").is_some() {
@@ -512,7 +522,7 @@ fn differential(name: &str) {
             line.number
         );
     }
-    let other = run(name, &session, &Target::start_millpond());
+    let other = run(name, &session, &Target::start_millpond(durability));
     let mut report = String::new();
     for (index, line) in expects.iter().enumerate() {
         let (ref_normal, ref_raw) = &reference.replies[index];
@@ -600,6 +610,23 @@ fn session_format_expands_escapes_repeats_and_ids() {
 #[test]
 fn session_put_reserve_delete() {
     differential("put_reserve_delete");
+}
+
+/// Under `interval`, connections run their deletes themselves rather than
+/// through the tube's delete thread: the same replies.
+#[test]
+fn session_put_reserve_delete_with_inline_deletes() {
+    differential_under("put_reserve_delete", "interval:50ms");
+}
+
+#[test]
+fn session_states_with_inline_deletes() {
+    differential_under("states", "interval:50ms");
+}
+
+#[test]
+fn session_drain_with_inline_deletes() {
+    differential_under("drain", "buffered");
 }
 
 #[test]

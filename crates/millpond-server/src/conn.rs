@@ -24,7 +24,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use crate::broker::{Broker, JOB_HEADER_BYTES, job_header, put_seq, split_payload, unix_ms};
 use crate::proto::{self, Command, LINE_BYTES_MAX, Op, Parsed};
 use crate::tubes::{Tube, TubeError, job_id, split_job_id};
-use crate::writer::{DeleteReq, PutOutcome, PutReq};
+use crate::writer::{self, DeleteReq, PutOutcome, PutReq};
 
 /// A reserved job enters its safety margin this long before its TTR ends.
 const SAFETY_MARGIN: Duration = Duration::from_secs(1);
@@ -53,6 +53,16 @@ struct Held {
 enum Pending {
     Put(oneshot::Receiver<PutOutcome>),
     Delete(u64, oneshot::Receiver<Result<bool, ()>>),
+    /// Run by the connection itself when settled ([`Writers::inline`]):
+    /// consecutive deletes from one tube go in one batch.
+    ///
+    /// [`Writers::inline`]: crate::writer::Writers::inline
+    DeleteNow {
+        job: u64,
+        tube: Arc<Tube>,
+        message: u64,
+        reserved_ok: bool,
+    },
 }
 
 enum Mode {
@@ -284,13 +294,14 @@ impl Conn {
         let mut payload = Vec::with_capacity(JOB_HEADER_BYTES + data.len());
         payload.extend_from_slice(&job_header(ttr_s, delay_s, self.broker.next_put_seq()));
         payload.extend_from_slice(data);
+        let opts = PushOptions {
+            priority,
+            delay: Duration::from_secs(u64::from(delay_s)),
+        };
         let (tx, rx) = oneshot::channel();
         let req = PutReq {
             payload,
-            opts: PushOptions {
-                priority,
-                delay: Duration::from_secs(u64::from(delay_s)),
-            },
+            opts,
             reply: tx,
         };
         if self.used.writers.put(req) {
@@ -300,31 +311,81 @@ impl Conn {
         }
     }
 
-    /// Writes the answers of batched commands, in order.
+    /// Runs the puts and deletes this connection holds and writes the
+    /// answers of batched commands, in order.
     async fn settle_pending(&mut self) {
         while let Some(p) = self.pending.pop_front() {
             match p {
-                Pending::Put(rx) => match rx.await {
-                    Ok(PutOutcome::Inserted(id)) => {
-                        self.broker.puts_total.fetch_add(1, Ordering::Relaxed);
-                        let _ = write!(Buf(&mut self.out), "INSERTED {id}\r\n");
+                Pending::Put(rx) => {
+                    let outcome = rx.await.unwrap_or(PutOutcome::Internal);
+                    self.put_reply(outcome);
+                }
+                Pending::Delete(job, rx) => {
+                    let outcome = rx.await.unwrap_or(Err(()));
+                    self.delete_reply(job, outcome);
+                }
+                Pending::DeleteNow {
+                    job,
+                    tube,
+                    message,
+                    reserved_ok,
+                } => {
+                    let mut jobs = vec![job];
+                    let mut ids = vec![(message, reserved_ok)];
+                    while let Some(Pending::DeleteNow { tube: t, .. }) = self.pending.front()
+                        && Arc::ptr_eq(t, &tube)
+                    {
+                        if let Some(Pending::DeleteNow {
+                            job,
+                            message,
+                            reserved_ok,
+                            ..
+                        }) = self.pending.pop_front()
+                        {
+                            jobs.push(job);
+                            ids.push((message, reserved_ok));
+                        }
                     }
-                    Ok(PutOutcome::OutOfMemory) => self.error(proto::OUT_OF_MEMORY),
-                    Ok(PutOutcome::Internal) | Err(_) => self.error(proto::INTERNAL_ERROR),
-                },
-                Pending::Delete(job, rx) => match rx.await {
-                    Ok(Ok(true)) => {
-                        self.held.remove(&job);
-                        self.broker.deletes_total.fetch_add(1, Ordering::Relaxed);
-                        self.out.extend_from_slice(b"DELETED\r\n");
+                    match writer::delete_batch(&tube, &ids) {
+                        Ok(done) => {
+                            for (job, ok) in jobs.into_iter().zip(done) {
+                                self.delete_reply(job, Ok(ok));
+                            }
+                        }
+                        Err(()) => {
+                            for job in jobs {
+                                self.delete_reply(job, Err(()));
+                            }
+                        }
                     }
-                    Ok(Ok(false)) => {
-                        self.held.remove(&job);
-                        self.out.extend_from_slice(proto::NOT_FOUND);
-                    }
-                    Ok(Err(())) | Err(_) => self.error(proto::INTERNAL_ERROR),
-                },
+                }
             }
+        }
+    }
+
+    fn put_reply(&mut self, outcome: PutOutcome) {
+        match outcome {
+            PutOutcome::Inserted(id) => {
+                self.broker.puts_total.fetch_add(1, Ordering::Relaxed);
+                let _ = write!(Buf(&mut self.out), "INSERTED {id}\r\n");
+            }
+            PutOutcome::OutOfMemory => self.error(proto::OUT_OF_MEMORY),
+            PutOutcome::Internal => self.error(proto::INTERNAL_ERROR),
+        }
+    }
+
+    fn delete_reply(&mut self, job: u64, outcome: Result<bool, ()>) {
+        match outcome {
+            Ok(true) => {
+                self.held.remove(&job);
+                self.broker.deletes_total.fetch_add(1, Ordering::Relaxed);
+                self.out.extend_from_slice(b"DELETED\r\n");
+            }
+            Ok(false) => {
+                self.held.remove(&job);
+                self.out.extend_from_slice(proto::NOT_FOUND);
+            }
+            Err(()) => self.error(proto::INTERNAL_ERROR),
         }
     }
 
@@ -582,6 +643,15 @@ impl Conn {
                     return Flow::Go;
                 };
                 let reserved_ok = self.holds(job).is_some();
+                if tube.writers.inline() {
+                    self.pending.push_back(Pending::DeleteNow {
+                        job,
+                        tube,
+                        message,
+                        reserved_ok,
+                    });
+                    return Flow::Go;
+                }
                 let (tx, rx) = oneshot::channel();
                 let req = DeleteReq {
                     message,

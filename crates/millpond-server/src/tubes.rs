@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use millpond::{Group, GroupOptions, Queue, Store};
+use millpond::{Durability, Group, GroupOptions, Queue, Store};
 use tokio::sync::Notify;
 
 use crate::names::{REGISTRY_QUEUE, queue_name};
@@ -256,7 +256,10 @@ impl Registry {
         let tube = Arc::new_cyclic(|weak| Tube {
             number,
             name,
-            writers: Writers::new(weak.clone()),
+            writers: Writers::new(
+                weak.clone(),
+                !matches!(self.store.options().durability_get(), Durability::Sync),
+            ),
             queue,
             group,
             waiters: Mutex::new(Vec::new()),

@@ -54,9 +54,20 @@ pub struct DeleteReq {
 }
 
 /// A tube's writer threads, started on first use.
+///
+/// Under `Sync` they let many connections share one fsync. Under the
+/// other durabilities no delete waits for an fsync, and handing each one
+/// to a thread and back costs two context switches (most of the server's
+/// CPU on 2 cores): connections then run their deletes themselves
+/// ([`Writers::inline`]), batched per burst of pipelined commands, with
+/// [`delete_batch`]. Puts still go through the put thread: run inline,
+/// 64 pipelining connections each pushing its own small batch, blocking
+/// tokio's worker threads, put 20% fewer jobs per second (measured side by
+/// side, `docs/benchmarks.md`).
 #[derive(Debug)]
 pub struct Writers {
     tube: Weak<Tube>,
+    inline: bool,
     puts: Mutex<Option<Sender<PutReq>>>,
     deletes: Mutex<Option<Sender<DeleteReq>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -64,10 +75,12 @@ pub struct Writers {
 }
 
 impl Writers {
-    /// Writers for `tube`.
-    pub fn new(tube: Weak<Tube>) -> Writers {
+    /// Writers for `tube`; `inline` when the store's durability does not
+    /// fsync before a delete returns.
+    pub fn new(tube: Weak<Tube>, inline: bool) -> Writers {
         Writers {
             tube,
+            inline,
             puts: Mutex::new(None),
             deletes: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
@@ -96,6 +109,11 @@ impl Writers {
         self.threads.lock().expect("threads lock").push(handle);
         *slot = Some(tx.clone());
         Some(tx)
+    }
+
+    /// Connections run deletes themselves (see [`Writers`]).
+    pub fn inline(&self) -> bool {
+        self.inline
     }
 
     /// Queues a put; false if the writers are stopped (shutting down).
@@ -149,33 +167,35 @@ fn put_loop(tube: Arc<Tube>, rx: Receiver<PutReq>) {
                 Err(_) => break,
             }
         }
-        let last = tube.queue.next_id().saturating_add(batch.len() as u64 - 1);
-        if last > MESSAGE_ID_MAX {
-            tracing::warn!(tube = %tube.name, "message ids used up; put refused");
-            for r in batch.drain(..) {
-                let _ = r.reply.send(PutOutcome::OutOfMemory);
-            }
-            continue;
-        }
         let items: Vec<(&[u8], PushOptions)> = batch
             .iter()
             .map(|r| (r.payload.as_slice(), r.opts))
             .collect();
-        let result = tube.queue.push_batch_with(&items);
+        let outcomes = put_batch(&tube, &items);
         drop(items);
-        match result {
-            Ok(ids) => {
-                tube.wake();
-                for (r, id) in batch.drain(..).zip(ids) {
-                    let _ = r.reply.send(PutOutcome::Inserted(job_id(tube.number, id)));
-                }
-            }
-            Err(e) => {
-                tracing::error!(tube = %tube.name, error = %e, "put batch failed");
-                for r in batch.drain(..) {
-                    let _ = r.reply.send(PutOutcome::Internal);
-                }
-            }
+        for (r, outcome) in batch.drain(..).zip(outcomes) {
+            let _ = r.reply.send(outcome);
+        }
+    }
+}
+
+/// Pushes a batch of puts to `tube` with one commit; one outcome per put.
+/// Wakes the tube's waiting reservers.
+pub fn put_batch(tube: &Tube, items: &[(&[u8], PushOptions)]) -> Vec<PutOutcome> {
+    let last = tube.queue.next_id().saturating_add(items.len() as u64 - 1);
+    if last > MESSAGE_ID_MAX {
+        tracing::warn!(tube = %tube.name, "message ids used up; put refused");
+        return vec![PutOutcome::OutOfMemory; items.len()];
+    }
+    match tube.queue.push_batch_with(items) {
+        Ok(ids) => {
+            tube.wake();
+            ids.map(|id| PutOutcome::Inserted(job_id(tube.number, id)))
+                .collect()
+        }
+        Err(e) => {
+            tracing::error!(tube = %tube.name, error = %e, "put batch failed");
+            vec![PutOutcome::Internal; items.len()]
         }
     }
 }
@@ -193,29 +213,43 @@ fn delete_loop(tube: Arc<Tube>, rx: Receiver<DeleteReq>) {
         }
         ids.clear();
         ids.extend(batch.iter().map(|r| (r.message, r.reserved_ok)));
-        match tube.group.delete_batch(&ids) {
+        match delete_batch(&tube, &ids) {
             Ok(done) => {
-                let mut deleted = 0;
-                {
-                    let mut owners = tube.owners.lock().expect("owners lock");
-                    for (r, &ok) in batch.iter().zip(&done) {
-                        if ok {
-                            owners.remove(&r.message);
-                            deleted += 1;
-                        }
-                    }
-                }
-                tube.deletes.fetch_add(deleted, Ordering::Relaxed);
                 for (r, ok) in batch.drain(..).zip(done) {
                     let _ = r.reply.send(Ok(ok));
                 }
             }
-            Err(e) => {
-                tracing::error!(tube = %tube.name, error = %e, "delete batch failed");
+            Err(()) => {
                 for r in batch.drain(..) {
                     let _ = r.reply.send(Err(()));
                 }
             }
+        }
+    }
+}
+
+/// Deletes a batch of (message id, caller holds its reservation) from
+/// `tube` with one journal commit: whether each was deleted, or `Err` if
+/// the engine failed (logged).
+pub fn delete_batch(tube: &Tube, ids: &[(u64, bool)]) -> Result<Vec<bool>, ()> {
+    match tube.group.delete_batch(ids) {
+        Ok(done) => {
+            let mut deleted = 0;
+            {
+                let mut owners = tube.owners.lock().expect("owners lock");
+                for (&(message, _), &ok) in ids.iter().zip(&done) {
+                    if ok {
+                        owners.remove(&message);
+                        deleted += 1;
+                    }
+                }
+            }
+            tube.deletes.fetch_add(deleted, Ordering::Relaxed);
+            Ok(done)
+        }
+        Err(e) => {
+            tracing::error!(tube = %tube.name, error = %e, "delete batch failed");
+            Err(())
         }
     }
 }
