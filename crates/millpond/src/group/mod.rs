@@ -258,6 +258,10 @@ pub(crate) struct GroupInner {
     clock: Arc<dyn Clock>,
     durability: Durability,
     live: Mutex<Live>,
+    /// Held from a journal rotation until its checkpoint is written
+    /// (outside `live`): one checkpoint at a time. Taken before `live`,
+    /// or tried with `live` held.
+    checkpointing: Mutex<()>,
     journal: Journal,
     dead_letters: Mutex<Option<DeadLetterTarget>>,
     wake: Arc<Wake>,
@@ -414,6 +418,7 @@ impl GroupInner {
                 journal_seq: seq,
                 closed: false,
             }),
+            checkpointing: Mutex::new(()),
             journal,
             dead_letters: Mutex::new(None),
             wake,
@@ -452,6 +457,7 @@ impl GroupInner {
         opts: GroupOptions,
         dead_letters: Option<DeadLetterTarget>,
     ) -> Result<()> {
+        let _checkpointing = self.checkpointing.lock().expect("checkpoint lock");
         let mut live = self.lock()?;
         let max = opts.max_attempts;
         let changed = live.opts != opts;
@@ -691,27 +697,63 @@ impl GroupInner {
         }
     }
 
-    fn maybe_checkpoint(&self, live: &mut Live) -> Result<()> {
+    /// Releases the group lock. First, if the journal has reached
+    /// `checkpoint_journal_bytes` and no checkpoint is being written,
+    /// rotates the journal and encodes the state as of the rotation, under
+    /// the lock; then writes the checkpoint without it, so reserves and
+    /// settles of other threads wait for the encoding, not for the file's
+    /// writes and fsyncs.
+    fn unlock(&self, mut live: MutexGuard<'_, Live>) -> Result<()> {
         let (_, len) = self.journal.position();
         if len < live.opts.checkpoint_journal_bytes {
             return Ok(());
         }
-        self.checkpoint_locked(live)
+        let held = match self.checkpointing.try_lock() {
+            Ok(held) => held,
+            // One is being written: the next settle checkpoints.
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        let (seq, bytes) = self.rotate_locked(&mut live)?;
+        drop(live);
+        self.write_checkpoint(seq, &bytes)?;
+        drop(held);
+        Ok(())
     }
 
-    /// Rotates the journal and writes a checkpoint of the state as of the
-    /// rotation, then removes the old journal.
-    fn checkpoint_locked(&self, live: &mut Live) -> Result<()> {
+    /// Rotates the journal (its records durable first) and encodes a
+    /// checkpoint of the state as of the rotation, naming the new journal.
+    /// The caller holds `checkpointing`.
+    fn rotate_locked(&self, live: &mut Live) -> Result<(u64, Vec<u8>)> {
         let seq = live.journal_seq + 1;
-        let old = self.journal.rotate(seq)?;
+        self.journal.rotate(seq)?;
         live.journal_seq = seq;
+        Ok((seq, checkpoint::encode(seq, &live.state)))
+    }
+
+    /// Writes the checkpoint naming journal `seq` (atomic replace), then
+    /// removes the journals before `seq`. A crash before the replace is
+    /// durable leaves the old checkpoint and every journal since it, which
+    /// recovery replays in order. The caller holds `checkpointing`.
+    fn write_checkpoint(&self, seq: u64, bytes: &[u8]) -> Result<()> {
         let path = self.dir.join(CHECKPOINT_FILE);
-        fs::write_atomic(&*self.fs, &path, &checkpoint::encode(seq, &live.state))
-            .ctx("write checkpoint", &path)?;
-        self.fs.remove_file(&old).ctx("remove journal", &old)?;
-        self.fs
-            .sync_dir(&self.dir)
-            .ctx("fsync directory", &self.dir)
+        fs::write_atomic(&*self.fs, &path, bytes).ctx("write checkpoint", &path)?;
+        let names = self
+            .fs
+            .list_dir(&self.dir)
+            .ctx("list group directory", &self.dir)?;
+        let journals: Vec<u64> = names
+            .iter()
+            .filter_map(|n| journal::parse_file_name(n))
+            .collect();
+        remove_journals_below(&*self.fs, &self.dir, &journals, seq)
+    }
+
+    /// A checkpoint now, with the group lock held throughout (for `close`
+    /// and option changes). The caller holds `checkpointing`.
+    fn checkpoint_locked(&self, live: &mut Live) -> Result<()> {
+        let (seq, bytes) = self.rotate_locked(live)?;
+        self.write_checkpoint(seq, &bytes)
     }
 
     pub fn reserve(&self, lease: Duration) -> Result<Option<Delivery>> {
@@ -720,8 +762,7 @@ impl GroupInner {
         let Some((d, ticket)) = self.reserve_locked(&mut live, lease)? else {
             return Ok(None);
         };
-        self.maybe_checkpoint(&mut live)?;
-        drop(live);
+        self.unlock(live)?;
         self.commit(ticket, false)?;
         Ok(Some(d))
     }
@@ -744,8 +785,7 @@ impl GroupInner {
                 Err(e) => return Err(e),
             }
         }
-        self.maybe_checkpoint(&mut live)?;
-        drop(live);
+        self.unlock(live)?;
         if let Some(t) = last {
             self.commit(t, false)?;
         }
@@ -790,8 +830,7 @@ impl GroupInner {
         if let Some((t, _)) = self.move_dead_letters(&mut live)? {
             ticket = t;
         }
-        self.maybe_checkpoint(&mut live)?;
-        drop(live);
+        self.unlock(live)?;
         if wake {
             self.wake.notify();
         }
@@ -820,8 +859,7 @@ impl GroupInner {
             live.state.ack(id).map_err(|r| refused(&self.name, id, r))?;
             ticket = self.journal.append(Record::Ack { id })?;
         }
-        self.maybe_checkpoint(&mut live)?;
-        drop(live);
+        self.unlock(live)?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -908,8 +946,7 @@ impl GroupInner {
                 .map_err(|r| refused(&self.name, id, r))?;
             ticket = self.journal.append(Record::Kick { id })?;
         }
-        self.maybe_checkpoint(&mut live)?;
-        drop(live);
+        self.unlock(live)?;
         if !ids.is_empty() {
             self.wake.notify();
             self.commit(ticket, true)?;
@@ -958,8 +995,7 @@ impl GroupInner {
             }
             out.push(ok);
         }
-        self.maybe_checkpoint(&mut live)?;
-        drop(live);
+        self.unlock(live)?;
         if let Some(t) = last {
             self.commit(t, true)?;
         }
@@ -992,8 +1028,7 @@ impl GroupInner {
             .nack(id, until, now, u32::MAX)
             .map_err(|r| refused(&self.name, id, r))?;
         let ticket = self.journal.append(Record::Nack { id, until })?;
-        self.maybe_checkpoint(&mut live)?;
-        drop(live);
+        self.unlock(live)?;
         self.wake.notify();
         self.commit(ticket, true)
     }
@@ -1007,8 +1042,7 @@ impl GroupInner {
         live.state.set_priority(id, priority);
         self.journal.append(Record::Priority { id, priority })?;
         let ticket = self.journal.append(Record::Bury { id })?;
-        self.maybe_checkpoint(&mut live)?;
-        drop(live);
+        self.unlock(live)?;
         self.commit(ticket, true)
     }
 
@@ -1049,8 +1083,7 @@ impl GroupInner {
             attempts: attempt,
             priority: entry.priority,
         })?;
-        self.maybe_checkpoint(&mut live)?;
-        drop(live);
+        self.unlock(live)?;
         self.commit(ticket, false)?;
         Ok(Some(Delivery {
             id,
@@ -1221,6 +1254,8 @@ impl GroupInner {
 
     /// Syncs the journal and writes a final checkpoint.
     pub fn close(&self) -> Result<()> {
+        // Waits for a checkpoint being written by another thread.
+        let _checkpointing = self.checkpointing.lock().expect("checkpoint lock");
         let mut live = self.live.lock().expect("group lock");
         if live.closed {
             return Ok(());
@@ -1407,6 +1442,9 @@ fn remove_journals_below(fs: &dyn Fs, dir: &Path, journals: &[u64], seq: u64) ->
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod checkpoint_tests;
 
 #[cfg(test)]
 mod out_of_order_tests;
