@@ -213,7 +213,7 @@ impl Beanstalkd {
                     // Most likely someone took the port meanwhile: try another.
                     break;
                 }
-                if listening(port) {
+                if listening(child.id(), port) {
                     return Beanstalkd { child, addr };
                 }
                 assert!(Instant::now() < deadline, "beanstalkd did not start");
@@ -244,15 +244,29 @@ impl Drop for Beanstalkd {
 
 /// Whether some socket listens on 127.0.0.1:`port`, from /proc/net/tcp
 /// (without connecting, which a server would count as a client).
-fn listening(port: u16) -> bool {
+/// Whether process `pid` listens on `127.0.0.1:port`: the listening
+/// socket's inode (from /proc/net/tcp) is one of its file descriptors. Not
+/// only that someone listens: two tests may pick the same free port, and
+/// the one whose server lost the race must not talk to the other's.
+fn listening(pid: u32, port: u16) -> bool {
     let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
         return false;
     };
     let local = format!("0100007F:{port:04X}");
-    table.lines().skip(1).any(|row| {
+    let Some(inode) = table.lines().skip(1).find_map(|row| {
         let fields: Vec<&str> = row.split_whitespace().collect();
-        // local_address, ..., st (0A is LISTEN)
-        fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
+        // local_address, ..., st (0A is LISTEN), ..., inode
+        (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+            .then(|| fields.get(9).map(|i| format!("socket:[{i}]")))
+            .flatten()
+    }) else {
+        return false;
+    };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == inode.as_str())
     })
 }
 
