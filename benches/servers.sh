@@ -16,6 +16,8 @@
 #   --priority N  priority of beanstalk-protocol puts (default 1024, the
 #                 default of pheanstalk)
 #
+# MILLPOND_SERVE_FLAGS adds flags to `millpond serve` (e.g. "--threads 1").
+#
 # Needs: beanstalkd, redis-server, jq, python3, cargo; nats-server for the
 # NATS rows (skipped without it). Prints a table per
 # workload with ops/s, the ratio millpond / this system at comparable
@@ -134,8 +136,9 @@ SERVER_ADDR=
 start_millpond() {
     local durability=$1 dir=$WORK/millpond-$RANDOM
     mkdir -p "$dir"
+    # shellcheck disable=SC2086 # extra flags split on purpose
     "$BIN" --store "$dir/store" serve --addr 127.0.0.1:0 --durability "$durability" \
-        >"$dir/stdout" 2>"$dir/stderr" &
+        ${MILLPOND_SERVE_FLAGS:-} >"$dir/stdout" 2>"$dir/stderr" &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     for _ in $(seq 300); do

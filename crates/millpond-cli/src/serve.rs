@@ -51,6 +51,10 @@ pub struct Args {
     /// Serve Prometheus metrics (GET /metrics) on this address.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+
+    /// Threads serving connections (default: one per CPU core).
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub threads: usize,
 }
 
 /// Runs the server until a signal stops it.
@@ -70,6 +74,7 @@ pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
         max_job_bytes: args.max_job_size,
         max_connections: args.max_connections.max(1),
         metrics_addr: args.metrics_addr,
+        threads: args.threads,
     };
     millpond_server::run(store, config, |addr, metrics| {
         let mut out = std::io::stdout().lock();

@@ -89,6 +89,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Where to serve Prometheus metrics (`GET /metrics`). Default none.
     pub metrics_addr: Option<String>,
+    /// Threads serving connections; 0 (the default) is one per CPU core.
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -98,6 +100,7 @@ impl Default for Config {
             max_job_bytes: 65535,
             max_connections: 10_000,
             metrics_addr: None,
+            threads: 0,
         }
     }
 }
@@ -169,10 +172,11 @@ pub fn run_until(
     on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("millpond-serve")
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.threads > 0 {
+        builder.worker_threads(config.threads);
+    }
+    let runtime = builder.enable_all().thread_name("millpond-serve").build()?;
     let registry = tubes::Registry::open(store.clone())?;
     let broker = Arc::new(broker::Broker::new(registry, config));
     let r = runtime.block_on(serve(broker.clone(), on_ready, stop));
