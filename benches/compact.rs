@@ -140,7 +140,8 @@ fn copy_forward() {
         println!(
             "copy_forward/round{round}: {segments} segments ({:.0} MB) at 20 % live: compact_now {:.0} ms \
              | live {:.1} MB -> {rate:.1} MB/s of live data, input {:.0} MB/s \
-             | rewritten {} segments, {:.1} MB written, {:.0} MB reclaimed, on disk {:.0} -> {:.0} MB",
+             | rewritten {} segments, {:.1} MB written, {:.0} MB reclaimed, on disk {:.0} -> {:.0} MB \
+             | longest lock hold {:.0} us",
             sealed_bytes as f64 / 1e6,
             e.as_secs_f64() * 1e3,
             live as f64 / 1e6,
@@ -150,6 +151,7 @@ fn copy_forward() {
             r.bytes_reclaimed as f64 / 1e6,
             before as f64 / 1e6,
             after as f64 / 1e6,
+            r.longest_hold.as_secs_f64() * 1e6,
         );
         drop(q);
         store.close().expect("close");
@@ -354,9 +356,10 @@ fn push_latency() {
         let reference = (before.p99 + after.p99) as f64 / 2.0;
         let ratio = busy.p99 as f64 / reference;
         println!(
-            "round{round}: pass {:.0} ms rewrote {} segments; p99 {kind} {:.0} us vs idle {:.0} / {:.0} us: {ratio:.2}x",
+            "round{round}: pass {:.0} ms rewrote {} segments (longest lock hold {:.0} us); p99 {kind} {:.0} us vs idle {:.0} / {:.0} us: {ratio:.2}x",
             pass.as_secs_f64() * 1e3,
             report.segments_rewritten,
+            report.longest_hold.as_secs_f64() * 1e6,
             busy.p99 as f64 / 1e3,
             before.p99 as f64 / 1e3,
             after.p99 as f64 / 1e3,

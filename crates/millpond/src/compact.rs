@@ -17,8 +17,9 @@
 //! Before any segment is deleted or rewritten, every group's journal is
 //! fsynced: the acks that finished those messages are durable before their
 //! bytes go. The pass holds the queue's group registry (so no group is
-//! created underneath it) and each group's lock only to copy its cursor and
-//! tracked ids; pushes and reserves never wait on its I/O.
+//! created underneath it) and each group's lock only to copy its cursor, or
+//! the ids it tracks in one segment; pushes and reserves never wait on its
+//! I/O. `CompactReport::longest_hold` says how long those holds took.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,6 +67,11 @@ pub struct CompactReport {
     pub live_bytes: u64,
     /// Time the pass took.
     pub duration: Duration,
+    /// The longest the pass held (or waited for) a lock that pushes or
+    /// reserves also take: a group's lock while it copied the group's
+    /// cursor and tracked ids, or the writer's while it rolled a finished
+    /// active segment (totals: the longest over all passes).
+    pub longest_hold: Duration,
 }
 
 impl CompactReport {
@@ -78,6 +84,7 @@ impl CompactReport {
         self.bytes_reclaimed += other.bytes_reclaimed;
         self.retention_lost += other.retention_lost;
         self.duration += other.duration;
+        self.longest_hold = self.longest_hold.max(other.longest_hold);
     }
 }
 
@@ -89,14 +96,38 @@ pub(crate) struct PassOptions {
     pub now_ms: u64,
 }
 
-fn merged_live_ids(snapshots: &[(u64, Vec<u64>)], lo: u64, hi: u64) -> Vec<u64> {
-    let mut ids: Vec<u64> = snapshots
+/// The smallest cursor of `groups` (0 without groups): every id below it
+/// has been read by every group.
+fn min_cursor(groups: &[Arc<GroupInner>], report: &mut CompactReport) -> u64 {
+    groups
         .iter()
-        .flat_map(|(_, ids)| ids.iter().copied().filter(|&id| id >= lo && id < hi))
-        .collect();
+        .map(|g| held(report, || g.liveness(0, 0)).0)
+        .min()
+        .unwrap_or(0)
+}
+
+/// The ids in `[lo, hi)` some group still tracks, sorted, without
+/// duplicates. Each group's lock is held for the copy of one segment's
+/// ids, not of every segment's at once. Copies made at different moments
+/// are safe: below a group's cursor its tracked set only shrinks, so a copy
+/// never misses an id that is live later.
+fn live_ids(groups: &[Arc<GroupInner>], lo: u64, hi: u64, report: &mut CompactReport) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for g in groups {
+        ids.extend(held(report, || g.liveness(lo, hi)).1);
+    }
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+/// Runs `f`, which takes a lock pushes or reserves also take, and records
+/// how long it took in `report.longest_hold`.
+fn held<T>(report: &mut CompactReport, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = f();
+    report.longest_hold = report.longest_hold.max(started.elapsed());
+    out
 }
 
 /// An active segment at least this long (or a quarter of
@@ -123,11 +154,11 @@ pub(crate) fn compact_queue(
         let min_len = ROLL_FINISHED_ACTIVE_BYTES.min(log.opts.segment_bytes_max / 4);
         if len >= min_len && next > first {
             let finished = groups.iter().all(|g| {
-                let (cursor, live) = g.liveness(first, next);
+                let (cursor, live) = held(&mut report, || g.liveness(first, next));
                 cursor >= next && live.is_empty()
             });
             if finished {
-                log.roll_active(next)?;
+                held(&mut report, || log.roll_active(next))?;
             }
         }
     }
@@ -162,24 +193,20 @@ pub(crate) fn compact_queue(
         }
         if let Some(end) = dropped_end {
             for g in groups {
-                report.retention_lost += g.forget_below(end);
+                report.retention_lost += held(&mut report, || g.forget_below(end));
             }
         }
     }
 
     // 2 and 3. Finished and sparse segments below every group's cursor.
     let mut plan: Vec<(SealedRange, Vec<u64>)> = Vec::new();
-    if let (Some(lo), Some(hi)) = (
-        sealed.first().map(|s| s.first_id),
-        sealed.last().map(|s| s.end_id),
-    ) {
-        let snapshots: Vec<(u64, Vec<u64>)> = groups.iter().map(|g| g.liveness(lo, hi)).collect();
-        let min_cursor = snapshots.iter().map(|(c, _)| *c).min().unwrap_or(0);
+    if !sealed.is_empty() {
+        let min_cursor = min_cursor(groups, &mut report);
         for seg in &sealed {
             if seg.end_id > min_cursor {
                 break;
             }
-            let live = merged_live_ids(&snapshots, seg.first_id, seg.end_id);
+            let live = live_ids(groups, seg.first_id, seg.end_id, &mut report);
             let payload_bytes = seg.bytes.saturating_sub(crate::log::segment::HEADER_LEN);
             let threshold = payload_bytes * u64::from(opts.copy_forward_percent) / 100;
             if live.is_empty() || (live.len() as u64) * (frame::HEADER_LEN as u64) < threshold {
@@ -235,14 +262,11 @@ pub(crate) fn compact_queue(
     let after = log.sealed_ranges()?;
     report.segments = after.len() as u64 + 1;
     report.bytes_on_disk = log.bytes_on_disk()?;
-    let snapshots: Vec<(u64, Vec<u64>)> = match (after.first(), after.last()) {
-        (Some(a), Some(b)) => groups
-            .iter()
-            .map(|g| g.liveness(a.first_id, b.end_id))
-            .collect(),
-        _ => Vec::new(),
+    let min_cursor = if after.is_empty() {
+        0
+    } else {
+        min_cursor(groups, &mut report)
     };
-    let min_cursor = snapshots.iter().map(|(c, _)| *c).min().unwrap_or(0);
     let mut sealed_bytes = 0;
     let mut live_estimate = 0;
     for seg in &after {
@@ -251,7 +275,7 @@ pub(crate) fn compact_queue(
             live_estimate += seg.bytes;
             continue;
         }
-        let live = merged_live_ids(&snapshots, seg.first_id, seg.end_id);
+        let live = live_ids(groups, seg.first_id, seg.end_id, &mut report);
         if live.is_empty() {
             continue;
         }
