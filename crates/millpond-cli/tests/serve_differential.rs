@@ -645,6 +645,11 @@ fn session_tie_across_tubes() {
 }
 
 #[test]
+fn session_delayed_behind_ready() {
+    differential("delayed_behind_ready");
+}
+
+#[test]
 fn session_states() {
     differential("states");
 }

@@ -1052,7 +1052,23 @@ impl GroupInner {
         let now = self.clock.now_ms();
         self.tick(&mut live, now)?;
         self.peek_fresh(&mut live, now)?;
-        let ids = live.state.delayed_ids(n);
+        // The soonest due among the tracked and the unscanned ones.
+        let mut due: Vec<(u64, u64)> = live.state.delayed_first(n);
+        let unscanned = self.unscanned_delayed(&mut live, now)?;
+        due.extend(unscanned.iter().take(n).map(|&(t, id, _)| (t, id)));
+        due.sort_unstable();
+        due.truncate(n);
+        // Unscanned ones are tracked first (every fresh message up to the
+        // last of them, as `kick_id` does), so the kicks have entries.
+        let last_unscanned = due
+            .iter()
+            .filter(|&&(_, id)| live.state.entry(id).is_none())
+            .map(|&(_, id)| id)
+            .max();
+        if let Some(id) = last_unscanned {
+            self.track_through(&mut live, id, now)?;
+        }
+        let ids: Vec<u64> = due.into_iter().map(|(_, id)| id).collect();
         self.kick_ids(live, &ids)
     }
 
@@ -1177,12 +1193,60 @@ impl GroupInner {
         let now = self.clock.now_ms();
         self.tick(&mut live, now)?;
         // Delayed messages ahead of the first ready fresh one are set
-        // aside by the scan, so they are found here.
+        // aside by the scan; those behind it are found by reading on.
         self.peek_fresh(&mut live, now)?;
-        match live.state.first_delayed() {
-            Some((_, id)) => self.peeked(id, live.state.entry(id)),
+        let tracked = live
+            .state
+            .first_delayed()
+            .and_then(|(due, id)| Some((due, id, live.state.entry(id)?)));
+        let unscanned = self
+            .unscanned_delayed(&mut live, now)?
+            .into_iter()
+            .next()
+            .map(|(due, id, priority)| {
+                let e = Entry {
+                    state: EntryState::Delayed(due),
+                    attempts: 0,
+                    priority,
+                };
+                (due, id, e)
+            });
+        let best = match (tracked, unscanned) {
+            (Some(a), Some(b)) => Some(if (b.0, b.1) < (a.0, a.1) { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        match best {
+            Some((_, id, e)) => self.peeked(id, Some(e)),
             None => Ok(None),
         }
+    }
+
+    /// The delayed messages the fresh scan has not reached (it stops at the
+    /// first ready message): (due, id, priority), soonest due first. Read
+    /// from the log, not tracked. None when the priority floor from the
+    /// cursor on is above 0: a delayed frame counts as 0 in its segment's
+    /// floor, so the common case of one non-zero priority costs no read.
+    fn unscanned_delayed(&self, live: &mut Live, now: u64) -> Result<Vec<(u64, u64, u32)>> {
+        let cursor = live.state.cursor;
+        if self.log.priority_floor(cursor, &mut live.floor) > 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut reader = self.log.reader(cursor);
+        loop {
+            let f = match reader.next() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                // Reported to the reserving path when it gets there.
+                Err(e) if e.is_corruption() => continue,
+                Err(e) => return Err(e),
+            };
+            if f.attrs.not_before_ms > now && live.state.entry(f.id).is_none() {
+                out.push((f.attrs.not_before_ms, f.id, f.attrs.priority));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
     }
 
     pub fn peek_buried(&self) -> Result<Option<Peeked>> {

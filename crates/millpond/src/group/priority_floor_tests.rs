@@ -222,3 +222,46 @@ fn delayed_message_behind_common_priority_ones_is_found_by_peek_and_kick() {
     want.push((delayed, COMMON));
     assert_eq!(got, want);
 }
+
+#[test]
+fn delayed_message_behind_a_ready_priority_0_one_is_found_by_peek_and_kick() {
+    let fs = MemFs::new();
+    let (delayed, ready) = {
+        let (store, q, g) = open(&fs);
+        let ready = push(&q, 3, 0);
+        let hour = PushOptions {
+            priority: 0,
+            delay: Duration::from_secs(3600),
+        };
+        let later = q.push_with(b"later", hour).unwrap();
+        let sooner = q
+            .push_with(
+                b"sooner",
+                PushOptions {
+                    delay: Duration::from_secs(60),
+                    ..hour
+                },
+            )
+            .unwrap();
+        // The group's scan stops at the first ready message; the delayed
+        // ones behind it are still found, soonest due first.
+        let peeked = g.peek_delayed().unwrap().expect("a delayed message");
+        assert_eq!(
+            (peeked.id, peeked.payload.as_slice()),
+            (sooner, &b"sooner"[..])
+        );
+        assert!(matches!(peeked.state, crate::MessageState::Delayed(_)));
+        assert_eq!(g.kick_delayed(1).unwrap(), 1);
+        assert_eq!(g.peek_delayed().unwrap().map(|p| p.id), Some(later));
+        store.close().unwrap();
+        (vec![sooner, later], ready)
+    };
+    // After a reopen (the kick's records replayed): the kicked one is
+    // ready, the other still delayed.
+    let (_store, _q, g) = open(&fs);
+    assert_eq!(g.peek_delayed().unwrap().map(|p| p.id), Some(delayed[1]));
+    let (got, _) = drain(&g);
+    let mut want: Vec<_> = ready.iter().map(|&id| (id, 0)).collect();
+    want.push((delayed[0], 0));
+    assert_eq!(got, want);
+}

@@ -424,6 +424,11 @@ impl GroupState {
         self.delayed.iter().take(n).map(|&(_, id)| id).collect()
     }
 
+    /// The first `n` delayed entries, soonest due first: (due, id).
+    pub fn delayed_first(&self, n: usize) -> Vec<(u64, u64)> {
+        self.delayed.iter().take(n).copied().collect()
+    }
+
     /// The first `n` buried ids (the ones `kick(n)` revives).
     pub fn buried_ids(&self, n: usize) -> Vec<u64> {
         self.buried.iter().take(n).copied().collect()
