@@ -1232,19 +1232,12 @@ impl GroupInner {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        let mut reader = self.log.reader(cursor);
-        loop {
-            let f = match reader.next() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                // Reported to the reserving path when it gets there.
-                Err(e) if e.is_corruption() => continue,
-                Err(e) => return Err(e),
-            };
+        each_frame_from(&self.log, cursor, |f| {
             if f.attrs.not_before_ms > now && live.state.entry(f.id).is_none() {
                 out.push((f.attrs.not_before_ms, f.id, f.attrs.priority));
             }
-        }
+            true
+        })?;
         out.sort_unstable();
         Ok(out)
     }
@@ -1474,24 +1467,38 @@ fn set_aside_where(
     now: u64,
     wanted: impl Fn(&StoredFrame) -> bool,
 ) -> Result<()> {
-    let mut reader = log.reader(state.cursor);
-    loop {
-        let f = match reader.next() {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            // Damage was reported when it was met; the reader has moved
-            // past it, and so does the replay.
-            Err(e) if e.is_corruption() => continue,
-            Err(e) => return Err(e),
-        };
+    each_frame_from(log, state.cursor, |f| {
         if f.id >= end {
-            break;
+            return false;
         }
         if state.entry(f.id).is_none() && wanted(&f) {
             state.set_aside(f.id, f.attrs.priority, f.attrs.not_before_ms, now);
         }
+        true
+    })
+}
+
+/// Calls `each` with every readable frame from id `from` on, in id order,
+/// until it returns false. Damaged bytes are skipped: they are reported
+/// where a reader that delivers messages meets them (the live scan).
+fn each_frame_from(
+    log: &Arc<Log>,
+    from: u64,
+    mut each: impl FnMut(StoredFrame) -> bool,
+) -> Result<()> {
+    let mut reader = log.reader(from);
+    loop {
+        match reader.next() {
+            Ok(Some(f)) => {
+                if !each(f) {
+                    return Ok(());
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_corruption() => {}
+            Err(e) => return Err(e),
+        }
     }
-    Ok(())
 }
 
 fn remove_journals_below(fs: &dyn Fs, dir: &Path, journals: &[u64], seq: u64) -> Result<()> {
