@@ -219,6 +219,38 @@ fn read_planted(files: &[(u64, Vec<u8>)]) -> Vec<Result<u64, String>> {
         .collect()
 }
 
+/// A sealed segment whose bytes hold a checksum-valid frame with an id at
+/// or past the next segment's first id must not hide the next segment.
+/// Found by `segment_recover` after 8,827,656 executions (input
+/// `fuzz/regressions/segment_recover/stray_frame_past_next_segment`: a
+/// frame with id 0x06a3fe2e73000008 in a segment before a tail whose first
+/// id is 2^41 + 1): `LogReader::next` took any frame at or past the
+/// visible end for a write not yet visible, returned `Ok(None)` and sought
+/// the same place on every call, so neither readers nor groups ever
+/// reached the tail's messages.
+#[test]
+fn stray_frame_past_next_segment_stalls_reader() {
+    use millpond::log::{frame, segment};
+
+    let attrs = frame::Attrs::default();
+    let mut sealed = segment::encode_header(1).to_vec();
+    frame::encode(&mut sealed, 1, 5, &attrs, b"one");
+    frame::encode(&mut sealed, 2, 5, &attrs, b"two");
+    // Both a stray id inside the tail's range and one far past the end.
+    for stray in [101, 0x06a3_fe2e_7300_0008] {
+        let mut bytes = sealed.clone();
+        frame::encode(&mut bytes, stray, 5, &attrs, b"stray");
+        frame::encode(&mut bytes, 3, 5, &attrs, b"three");
+        let mut tail = segment::encode_header(100).to_vec();
+        frame::encode(&mut tail, 100, 5, &attrs, b"hundred");
+        frame::encode(&mut tail, 101, 5, &attrs, b"hundred and one");
+        let read = read_planted(&[(1, bytes), (100, tail)]);
+        // The sealed segment ends at the stray frame; the ids from the
+        // tail's first on are the tail's.
+        assert_eq!(read, [Ok(1), Ok(2), Ok(100), Ok(101)], "stray id {stray}");
+    }
+}
+
 /// A segment file named with the largest id, `18446744073709551615.seg`,
 /// must not crash the reader. Found by `segment_recover` (a 25-byte input
 /// whose header field names that id, so the short tail segment was

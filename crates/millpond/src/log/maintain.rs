@@ -274,7 +274,9 @@ impl Log {
         let mut newest = None;
         loop {
             match cursor.next_frame() {
-                Ok(Some(f)) => newest = Some(f.timestamp_ms),
+                // Ids at or past the range's end belong to the next segment.
+                Ok(Some(f)) if f.id < range.end_id => newest = Some(f.timestamp_ms),
+                Ok(Some(_)) => {}
                 Ok(None) => return Ok(newest),
                 Err(e) if e.is_corruption() => {}
                 Err(e) => return Err(e),

@@ -213,6 +213,7 @@ impl Log {
             log: self.clone(),
             next_id: id,
             cursor: None,
+            seg_end: u64::MAX,
             limit: 0,
         }
     }
@@ -270,6 +271,10 @@ pub(crate) struct LogReader {
     log: Arc<Log>,
     next_id: u64,
     cursor: Option<segments::Cursor>,
+    /// The first id of the segment after the cursor's when the cursor was
+    /// made (`u64::MAX` for the last one): the cursor's segment holds no
+    /// id from there on.
+    seg_end: u64,
     /// One past the last visible id when last asked; asked again (a lock
     /// of the writer) only once the reader reaches it.
     limit: u64,
@@ -302,7 +307,13 @@ impl LogReader {
                     self.log.opts.frame_payload_max,
                     self.log.opts.index_interval,
                 ) {
-                    Ok(c) => self.cursor = Some(c.sequential()),
+                    Ok(c) => {
+                        self.cursor = Some(c.sequential());
+                        self.seg_end = self
+                            .log
+                            .segment_after(seg.first_id)
+                            .map_or(u64::MAX, |next| next.first_id);
+                    }
                     Err(e) => {
                         // An unreadable segment is reported once; reading
                         // goes on with the next one.
@@ -318,6 +329,15 @@ impl LogReader {
             let cursor = self.cursor.as_mut().expect("set above");
             match cursor.next_frame()? {
                 Some(f) if f.id < self.next_id => {}
+                Some(f) if f.id >= self.seg_end => {
+                    // A segment with a successor holds only ids below the
+                    // successor's first, so this frame is not a write in
+                    // progress but stray bytes that pass the checksum; the
+                    // ids from here on are the next segment's. (Treating it
+                    // as not yet visible stalled the reader here for good.)
+                    self.next_id = self.next_id.max(self.seg_end);
+                    self.cursor = None;
+                }
                 Some(f) if f.id >= limit => {
                     // Not visible yet (written, not durable): the cursor
                     // moved past it, so seek again next time rather than
