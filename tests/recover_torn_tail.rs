@@ -126,7 +126,6 @@ fn tails(next_id: u64) -> Vec<(&'static str, Vec<u8>, u64)> {
             0,
         ),
         ("a few bytes", frame[..5].to_vec(), 0),
-        ("700 zero bytes", vec![0; 700], 0),
         ("a whole frame failing its checksum", bad_crc, 0),
         ("a frame cut short then zeros", then_zeros, 0),
         (
@@ -220,6 +219,60 @@ fn torn_tail_of_the_only_segment_is_truncated_and_reported() {
 fn torn_tail_after_sealed_segments_is_truncated_and_reported() {
     // 40-89 byte payloads, 68-117 byte frames: 100 messages need 3+ segments.
     on_every_fs(|place| torn_tail_case(place, 4096, 100, 3));
+}
+
+/// Zeros after the newest segment's last frame (the writer's
+/// preallocation, see `Options::preallocate_bytes`, or unsynced writes
+/// that reached the disk as zeros) are not a torn tail: nothing is cut or
+/// reported as torn, the zeros are counted, and the next push overwrites
+/// them.
+#[test]
+fn zero_tail_is_kept_and_overwritten() {
+    on_every_fs(|place| {
+        let options = place.options.clone().segment_bytes_max(4096);
+        for (what, zeros) in [("one zero byte", 1), ("700 zero bytes", 700)] {
+            for drop_index in [false, true] {
+                let context = format!("{what}, index file removed: {drop_index}");
+                let case = place.path.join(format!("zeros-{zeros}-{drop_index}"));
+                let fs = fill(&case, &options, 100);
+                let last = fs
+                    .list_dir(&case.join("queues/q"))
+                    .unwrap()
+                    .iter()
+                    .filter_map(|name| segment::parse_file_name(name))
+                    .max()
+                    .unwrap();
+                let seg = seg_path(&case, last);
+                if drop_index {
+                    fs.remove_file(&seg.with_extension("idx")).unwrap();
+                }
+                let valid = read_file(&*fs, &seg);
+                append(&*fs, &seg, &vec![0; zeros]);
+
+                let store = Store::open(&case, options.clone()).unwrap();
+                let qr = &store.recovery_report().queues[0];
+                assert_eq!(qr.torn_tail, None, "{context}");
+                assert_eq!(qr.bytes_truncated, 0, "{context}");
+                assert_eq!(qr.zero_tail_bytes, zeros as u64, "{context}");
+                assert!(qr.damaged.is_empty(), "{context}: {qr:?}");
+                assert_eq!(
+                    read_file(&*fs, &seg).len(),
+                    valid.len() + zeros,
+                    "{context}: nothing is cut at open"
+                );
+                assert_continues(&case, &options, store, 100, &context);
+                // The push after the open went over the zeros, and the
+                // clean close cut the rest.
+                let bytes = read_file(&*fs, &seg);
+                assert_eq!(bytes[..valid.len()], valid[..], "{context}");
+                assert_eq!(
+                    bytes.len() as u64,
+                    valid.len() as u64 + frame::frame_len(msg(101).len(), &Attrs::default()) as u64,
+                    "{context}: the file ends at its last frame"
+                );
+            }
+        }
+    });
 }
 
 #[test]

@@ -68,6 +68,7 @@ pub struct Options {
     pub(crate) durability: Durability,
     pub(crate) recovery_mode: RecoveryMode,
     pub(crate) segment_bytes_max: u64,
+    pub(crate) preallocate_bytes: u64,
     pub(crate) message_bytes_max: u32,
     pub(crate) index_interval_bytes: u32,
     pub(crate) write_buffer_bytes: usize,
@@ -83,6 +84,7 @@ impl Default for Options {
             durability: Durability::Sync,
             recovery_mode: RecoveryMode::Fail,
             segment_bytes_max: 64 << 20,
+            preallocate_bytes: 1 << 20,
             message_bytes_max: 16 << 20,
             index_interval_bytes: 4096,
             write_buffer_bytes: 1 << 20,
@@ -100,6 +102,7 @@ impl fmt::Debug for Options {
             .field("durability", &self.durability)
             .field("recovery_mode", &self.recovery_mode)
             .field("segment_bytes_max", &self.segment_bytes_max)
+            .field("preallocate_bytes", &self.preallocate_bytes)
             .field("message_bytes_max", &self.message_bytes_max)
             .field("index_interval_bytes", &self.index_interval_bytes)
             .field("write_buffer_bytes", &self.write_buffer_bytes)
@@ -129,6 +132,18 @@ impl Options {
     /// Default: 64 MiB. Range: 4 KiB to 1 GiB.
     pub fn segment_bytes_max(mut self, bytes: u64) -> Options {
         self.segment_bytes_max = bytes;
+        self
+    }
+
+    /// How far past its last frame the active segment file is extended
+    /// with written zeros, a step at a time, so that the `fdatasync` after
+    /// a small append overwrites blocks the file already has instead of
+    /// also committing a new file size (on ext4 and XFS a second write to
+    /// the file system's journal). The zeros are cut off when the segment
+    /// is sealed and when the store closes cleanly. Default: 1 MiB; 0
+    /// appends without preallocating. Range: 0 to 1 GiB.
+    pub fn preallocate_bytes(mut self, bytes: u64) -> Options {
+        self.preallocate_bytes = bytes;
         self
     }
 
@@ -204,6 +219,12 @@ impl Options {
             return bad(
                 "segment_bytes_max",
                 format!("{} is outside 4 KiB..=1 GiB", self.segment_bytes_max),
+            );
+        }
+        if self.preallocate_bytes > 1 << 30 {
+            return bad(
+                "preallocate_bytes",
+                format!("{} is above 1 GiB", self.preallocate_bytes),
             );
         }
         if self.message_bytes_max == 0 || self.message_bytes_max > 256 << 20 {

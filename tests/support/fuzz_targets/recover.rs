@@ -97,6 +97,9 @@ fn options(fs: &MemFs, mode: RecoveryMode) -> Options {
         .clock(Arc::new(ManualClock::new(NOW_MS)))
         .compact_interval(None)
         .index_interval_bytes(INDEX_INTERVAL)
+        // Small, so a push after recovery extends the file cheaply and
+        // the close cuts the zeros again.
+        .preallocate_bytes(4096)
         .recovery_mode(mode)
 }
 
@@ -191,6 +194,8 @@ enum Expect {
         len: u64,
         next_id: u64,
         torn: Option<(u64, u64)>,
+        /// Zeros after the last frame, kept in place.
+        zero_tail: u64,
         damaged: Vec<(u64, u64)>,
         header_rewritten: bool,
     },
@@ -204,6 +209,7 @@ fn expect_tail(bytes: &[u8], first_id: u64, mode: RecoveryMode) -> Expect {
             len: header_len,
             next_id: first_id,
             torn: None,
+            zero_tail: 0,
             damaged: Vec::new(),
             header_rewritten: true,
         };
@@ -232,11 +238,22 @@ fn expect_tail(bytes: &[u8], first_id: u64, mode: RecoveryMode) -> Expect {
     if let (Some(d), RecoveryMode::Fail) = (s.damage.first(), mode) {
         return Expect::Fails(Event::Damage(d.offset));
     }
+    // Zeros after the last frame are preallocated space (or unsynced
+    // writes that reached the disk as zeros): kept, not a torn tail.
+    let mut torn = s.torn.map(|t| (t.0, t.1));
+    let mut zero_tail = 0;
+    if let Some((offset, n)) = torn
+        && bytes[offset as usize..].iter().all(|&b| b == 0)
+    {
+        torn = None;
+        zero_tail = n;
+    }
     Expect::Opens {
         events,
-        len: s.end,
+        len: s.end + zero_tail,
         next_id: s.next_id,
-        torn: s.torn.map(|t| (t.0, t.1)),
+        torn,
+        zero_tail,
         damaged: s.damage.iter().map(|d| (d.offset, d.len)).collect(),
         header_rewritten: false,
     }
@@ -269,6 +286,7 @@ fn check_tail(data: &[u8], first_id: u64, mode: RecoveryMode) {
                 len,
                 next_id,
                 torn,
+                zero_tail,
                 damaged,
                 header_rewritten,
             },
@@ -277,6 +295,7 @@ fn check_tail(data: &[u8], first_id: u64, mode: RecoveryMode) {
             let r = &store.recovery_report().queues[0];
             assert_eq!(r.torn_tail.as_ref().map(|t| (t.offset, t.bytes)), torn);
             assert_eq!(r.bytes_truncated, torn.map_or(0, |t| t.1));
+            assert_eq!(r.zero_tail_bytes, zero_tail, "zeros after the last frame");
             let found: Vec<(u64, u64)> = r.damaged.iter().map(|d| (d.offset, d.len)).collect();
             assert_eq!(found, damaged);
             assert_eq!(r.header_rewritten.is_some(), header_rewritten);

@@ -127,7 +127,7 @@ pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
             {
                 continue;
             }
-            damaged |= !matches!(item, Item::Frame { .. });
+            damaged |= !matches!(item, Item::Frame { .. } | Item::Zeros { .. });
             left -= 1;
             if args.json.json {
                 output::json_line(&item_json(&seg.path, &item, args.payload))?;
@@ -173,6 +173,10 @@ fn item_text(item: &Item<'_>) -> String {
             "{:>12} {:>10} {:>8}  {:<24}  {:>8}  {:<24}  {:<3}  {detail}",
             "-", offset, len, "-", "-", "-", "BAD"
         ),
+        Item::Zeros { offset, len } => format!(
+            "{:>12} {:>10} {:>8}  {:<24}  {:>8}  {:<24}  {:<3}  zeros up to the end of the file: space preallocated ahead of the frames",
+            "-", offset, len, "-", "-", "-", "-"
+        ),
         Item::Newer { offset, flags } => format!(
             "{:>12} {:>10} {:>8}  {:<24}  {:>8}  {:<24}  {:<3}  frame flags {flags:#x} of a newer millpond: \
              the rest of the file is not decoded",
@@ -212,6 +216,15 @@ fn item_json(path: &Path, item: &Item<'_>, with_payload: bool) -> Value {
             m.insert("size".into(), (*len).into());
             m.insert("crc".into(), "bad".into());
             m.insert("detail".into(), detail.clone().into());
+        }
+        Item::Zeros { offset, len } => {
+            m.insert("offset".into(), (*offset).into());
+            m.insert("size".into(), (*len).into());
+            m.insert("crc".into(), "zeros".into());
+            m.insert(
+                "detail".into(),
+                "zeros up to the end of the file: space preallocated ahead of the frames".into(),
+            );
         }
         Item::Newer { offset, flags } => {
             m.insert("offset".into(), (*offset).into());

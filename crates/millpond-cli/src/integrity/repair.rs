@@ -442,6 +442,13 @@ impl Repair<'_> {
                     len,
                     detail,
                 } => bad.push((offset, len, detail)),
+                // Preallocated space: the engine writes over it.
+                Item::Zeros { .. } if newest => {}
+                Item::Zeros { offset, len } => bad.push((
+                    offset,
+                    len,
+                    "zero bytes up to the end of a sealed segment".into(),
+                )),
                 // Written by a newer millpond: not ours to rewrite.
                 Item::Newer { .. } => return Ok(()),
             }

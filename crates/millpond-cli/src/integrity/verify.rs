@@ -496,6 +496,17 @@ fn check_segment(
                 Some(len),
                 format!("{detail} ({len} bytes up to the end of a sealed segment)"),
             ),
+            // Preallocated space ahead of the newest segment's frames.
+            Item::Zeros { .. } if newest => {}
+            Item::Zeros { offset, len } => report.problem(
+                Severity::Error,
+                path,
+                Some(offset),
+                Some(len),
+                format!(
+                    "{len} zero bytes up to the end of a sealed segment (a sealed segment ends at its last frame)"
+                ),
+            ),
             Item::Newer { offset, flags } => report.error(
                 path,
                 offset,

@@ -40,6 +40,15 @@ pub enum Item<'a> {
         /// Why the bytes at `offset` are not a valid frame.
         detail: String,
     },
+    /// Zero bytes from here to the end of the file: in the newest segment,
+    /// space the writer preallocated ahead of its frames (or unsynced
+    /// writes that reached the disk as zeros); no frame was there.
+    Zeros {
+        /// Offset of the first zero byte.
+        offset: u64,
+        /// Bytes up to the end of the file.
+        len: u64,
+    },
     /// A frame with a valid checksum but flags this build does not know (a
     /// newer millpond wrote it); the walk stops.
     Newer {
@@ -80,6 +89,13 @@ impl<'a> Iterator for Frames<'a> {
             return None;
         }
         let pos = self.pos;
+        if self.bytes[pos..].iter().all(|&b| b == 0) {
+            self.done = true;
+            return Some(Item::Zeros {
+                offset: pos as u64,
+                len: (self.bytes.len() - pos) as u64,
+            });
+        }
         let detail = match frame::decode(&self.bytes[pos..], MESSAGE_BYTES_LIMIT) {
             Decoded::Frame(f) if f.id >= self.next_id => {
                 self.next_id = f.id + 1;
@@ -219,6 +235,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(items[3], Item::Frame { frame, .. } if frame.id == 4));
+    }
+
+    #[test]
+    fn zeros_to_the_end_are_not_a_bad_tail() {
+        let mut b = segment_bytes(1, 3);
+        let end = b.len() as u64;
+        b.extend_from_slice(&[0; 700]);
+        let items: Vec<Item<'_>> = Frames::new(&b, 1).collect();
+        assert_eq!(items.len(), 4);
+        assert_eq!(
+            items[3],
+            Item::Zeros {
+                offset: end,
+                len: 700
+            }
+        );
+        // Zeros with anything after them are not.
+        b.push(1);
+        let items: Vec<Item<'_>> = Frames::new(&b, 1).collect();
+        assert!(matches!(&items[3], Item::Tail { offset, .. } if *offset == end));
     }
 
     #[test]

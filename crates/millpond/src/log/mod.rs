@@ -11,7 +11,7 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -30,6 +30,8 @@ pub(crate) use writer::now_ms;
 pub(crate) struct LogOptions {
     pub durability: Durability,
     pub segment_bytes_max: u64,
+    /// How far past the last frame the active segment file is extended.
+    pub preallocate_bytes: u64,
     /// Largest payload a push may have.
     pub message_bytes_max: u32,
     /// Largest payload length a decoder accepts: the absolute limit, not the
@@ -47,6 +49,7 @@ impl From<&Options> for LogOptions {
         LogOptions {
             durability: o.durability,
             segment_bytes_max: o.segment_bytes_max,
+            preallocate_bytes: o.preallocate_bytes,
             message_bytes_max: o.message_bytes_max,
             frame_payload_max: crate::options::MESSAGE_BYTES_LIMIT,
             index_interval: u64::from(o.index_interval_bytes),
@@ -86,6 +89,10 @@ pub(crate) struct Log {
     /// every pushed message, written or not (see `priority_floor`).
     buffered_floor: AtomicU32,
     writing_floor: AtomicU32,
+    /// The active segment file's length: its frames, then the zeros
+    /// written ahead of them (see `Options::preallocate_bytes`). Changed
+    /// only by the holder of `io`; read without it for `bytes_on_disk`.
+    file_end: AtomicU64,
     recovery: QueueRecovery,
 }
 
@@ -228,14 +235,19 @@ impl Log {
             .cloned()
             .collect();
         let mut total = 0;
-        for s in segs {
-            total += s
-                .extent(
-                    &*self.fs,
-                    self.opts.frame_payload_max,
-                    self.opts.index_interval,
-                )?
-                .0;
+        let last = segs.len().saturating_sub(1);
+        for (i, s) in segs.into_iter().enumerate() {
+            let (len, _) = s.extent(
+                &*self.fs,
+                self.opts.frame_payload_max,
+                self.opts.index_interval,
+            )?;
+            // The active segment's file also holds the zeros written ahead.
+            total += if i == last {
+                len.max(self.file_end.load(Ordering::Relaxed))
+            } else {
+                len
+            };
         }
         Ok(total)
     }

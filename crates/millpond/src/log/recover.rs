@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,12 @@ pub struct QueueRecovery {
     pub bytes_scanned: u64,
     /// Bytes cut off the end of the newest segment.
     pub bytes_truncated: u64,
+    /// Zero bytes after the newest segment's last frame, kept in place:
+    /// space the writer preallocated (see
+    /// [`Options::preallocate_bytes`](crate::Options::preallocate_bytes)),
+    /// or unsynced writes that reached the disk as zeros. No frame was
+    /// there; the next push overwrites them.
+    pub zero_tail_bytes: u64,
     /// The torn tail that was truncated, if any.
     pub torn_tail: Option<TornTail>,
     /// Damaged ranges kept in place and skipped by readers
@@ -133,7 +139,7 @@ impl Log {
         let tail_seg = Arc::new(SegmentFile::active(
             &dir,
             tail_id,
-            tail.file,
+            tail.file.clone(),
             tail.len,
             tail.next_id,
             tail.priority_floor,
@@ -155,6 +161,7 @@ impl Log {
             timer_wake: Condvar::new(),
             buffered_floor: AtomicU32::new(u32::MAX),
             writing_floor: AtomicU32::new(u32::MAX),
+            file_end: AtomicU64::new(tail.file_len),
             recovery: report,
         });
         if log.interval().is_some() {
@@ -183,6 +190,8 @@ fn create_segment(fs: &dyn Fs, dir: &Path, first_id: u64) -> Result<Arc<dyn FsFi
 
 struct Tail {
     file: Arc<dyn FsFile>,
+    /// The file's length: `len`, then zeros.
+    file_len: u64,
     len: u64,
     next_id: u64,
     /// No frame in the tail has a lower priority.
@@ -202,7 +211,7 @@ fn recover_tail(
     let file = fs
         .open(&path, OpenMode::ReadWrite)
         .ctx("open segment", &path)?;
-    let file_len = file.len().ctx("stat segment", &path)?;
+    let mut file_len = file.len().ctx("stat segment", &path)?;
     let mut header = [0u8; segment::HEADER_LEN as usize];
     let header_read = file_len >= segment::HEADER_LEN && file.read_exact_at(&mut header, 0).is_ok();
     if !header_read || (header.iter().all(|&b| b == 0) && only_zeros(&*file, file_len, &path)?) {
@@ -218,6 +227,7 @@ fn recover_tail(
         report.header_rewritten = Some(path);
         return Ok(Tail {
             file,
+            file_len: segment::HEADER_LEN,
             len: segment::HEADER_LEN,
             next_id: first_id,
             priority_floor: u32::MAX,
@@ -301,7 +311,18 @@ fn recover_tail(
                 ),
             ));
         }
+        // Zeros after the last frame are space the writer preallocated (or
+        // unsynced writes that reached the disk as zeros): no frame was
+        // there, nothing is cut, and the writer overwrites them.
+        let mut zero_tail = 0;
+        if let Some((offset, bytes, _)) = &s.torn
+            && map[*offset as usize..].iter().all(|&b| b == 0)
+        {
+            zero_tail = *bytes;
+            s.torn = None;
+        }
         drop(map);
+        report.zero_tail_bytes += zero_tail;
         if let Some((offset, flags)) = s.newer {
             return Err(Error::corruption(
                 &path,
@@ -335,6 +356,7 @@ fn recover_tail(
         }
         if let Some((offset, bytes, detail)) = s.torn {
             file.set_len(offset).ctx("truncate torn tail of", &path)?;
+            file_len = offset;
             file.sync_data().ctx("fsync segment", &path)?;
             report.bytes_truncated += bytes;
             report.torn_tail = Some(TornTail {
@@ -360,6 +382,7 @@ fn recover_tail(
     fs.sync_dir(dir).ctx("fsync directory", dir)?;
     Ok(Tail {
         file,
+        file_len,
         len,
         next_id,
         priority_floor,

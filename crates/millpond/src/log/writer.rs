@@ -13,8 +13,9 @@ use super::frame::{self, Attrs};
 use super::segment;
 use super::segments::SegmentFile;
 use crate::error::{Error, IoContext, Result};
-use crate::fs::OpenMode;
+use crate::fs::{FsFile, OpenMode};
 use crate::options::Durability;
+use std::path::Path;
 
 /// Shared state of the writer, behind `Log::state`.
 #[derive(Debug)]
@@ -362,11 +363,16 @@ impl Log {
             if chunk.new_segment {
                 self.roll(&mut io, chunk.segment_first_id)?;
             }
-            let seg = &io.active;
+            let seg = io.active.clone();
             debug_assert_eq!(seg.first_id, chunk.segment_first_id);
             let file = seg.file().expect("active segment is open");
             file.write_all_at(&chunk.bytes, chunk.start_pos)
                 .ctx("write segment", &seg.path)?;
+            let end = chunk.start_pos + chunk.bytes.len() as u64;
+            if end > self.file_end.load(Ordering::Relaxed) {
+                let file_end = self.preallocate(&**file, &seg.path, end)?;
+                self.file_end.store(file_end, Ordering::Relaxed);
+            }
             seg.advance(
                 chunk.start_pos + chunk.bytes.len() as u64,
                 chunk.end_id,
@@ -384,9 +390,54 @@ impl Log {
         Ok(())
     }
 
+    /// Extends a segment file whose frames end at `end` with zeros, up to
+    /// `preallocate_bytes` past `end` and never past the segment size limit
+    /// (nor below `end`); returns the new length. The zeros reach the disk
+    /// with the round's fsync; later rounds then overwrite allocated
+    /// blocks, so their fsync has no file size to commit.
+    fn preallocate(&self, file: &dyn FsFile, path: &Path, end: u64) -> Result<u64> {
+        let step = self.opts.preallocate_bytes;
+        let target = (end + step).min(self.opts.segment_bytes_max.max(end));
+        if target <= end {
+            return Ok(end);
+        }
+        // Whole pages, so the next extension starts page-aligned.
+        let target = (target & !4095).max(end);
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut pos = end;
+        while pos < target {
+            let n = (target - pos).min(ZEROS.len() as u64) as usize;
+            file.write_all_at(&ZEROS[..n], pos)
+                .ctx("preallocate segment", path)?;
+            pos += n as u64;
+        }
+        Ok(target)
+    }
+
+    /// Cuts the zeros written ahead of the active segment's frames off
+    /// its file (before sealing it or closing cleanly), so that the file
+    /// ends at its last frame. Made durable by the caller's fsync.
+    fn trim(&self, io: &WriterIo) -> Result<()> {
+        let seg = &io.active;
+        let (len, _) = seg.extent(
+            &*self.fs,
+            self.opts.frame_payload_max,
+            self.opts.index_interval,
+        )?;
+        if self.file_end.load(Ordering::Relaxed) > len {
+            seg.file()
+                .expect("active segment is open")
+                .set_len(len)
+                .ctx("trim preallocated zeros of", &seg.path)?;
+            self.file_end.store(len, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Seals the active segment (fsync, index file) and creates the next,
     /// durably: header written and fsynced, directory fsynced.
     fn roll(&self, io: &mut WriterIo, first_id: u64) -> Result<()> {
+        self.trim(io)?;
         self.seal(&io.active)?;
         let (path, _) = segment::paths(&self.dir, first_id);
         let file = self
@@ -414,6 +465,7 @@ impl Log {
             .expect("segments lock")
             .insert(first_id, seg.clone());
         io.active = seg;
+        self.file_end.store(segment::HEADER_LEN, Ordering::Relaxed);
         Ok(())
     }
 
@@ -545,6 +597,21 @@ impl Log {
         }
         flushed?;
         let io = self.io.lock().expect("io lock");
+        let (len, _) = io.active.extent(
+            &*self.fs,
+            self.opts.frame_payload_max,
+            self.opts.index_interval,
+        )?;
+        if self.file_end.load(Ordering::Relaxed) > len {
+            // The next open reads no further than the index: the file
+            // must end where it does.
+            self.trim(&io)?;
+            let seg = &io.active;
+            seg.file()
+                .expect("active segment is open")
+                .sync_data()
+                .ctx("fsync segment", &seg.path)?;
+        }
         self.write_index(&io.active)
     }
 
