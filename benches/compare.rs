@@ -104,6 +104,14 @@ impl Plan {
     }
 }
 
+const USAGE: &str = "usage: cargo bench --bench compare -- [--quick] [--only a,b,...,i] \
+[--systems millpond/sync,sqlite/buffered,...] [--charts DIR]
+  --quick     smaller sizes and 0.3 s timed runs (about a minute)
+  --only      run only these workloads (letters of docs/benchmarks.md)
+  --systems   run only these configurations (system/class)
+  --charts    also write the SVG charts into DIR
+environment: MILLPOND_PREALLOCATE_BYTES sets Options::preallocate_bytes for millpond";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
@@ -129,7 +137,17 @@ fn main() {
                     .next()
                     .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
             }
-            _ => {}
+            "--quick" => {}
+            // `cargo bench` passes `--bench` to every bench binary.
+            "--bench" => {}
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return;
+            }
+            other => {
+                eprintln!("compare: unknown argument {other:?}\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     let wanted = |w: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == w));

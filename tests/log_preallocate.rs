@@ -72,7 +72,7 @@ fn active_segment_is_extended_ahead_and_trimmed_on_close() {
         assert!(end > segment::HEADER_LEN);
         // 1 MiB past the first push's end, cut to whole pages.
         assert!(
-            *len >= 1 << 20 && *len > end && len % 4096 == 0,
+            *len >= 1 << 20 && *len > end && len.is_multiple_of(4096),
             "file {len}, frames end at {end}"
         );
         assert_eq!(q.log_stats().unwrap().bytes_on_disk, *len);

@@ -177,7 +177,14 @@ impl Millpond {
             }
             Class::Buffered => millpond::Durability::Buffered,
         };
-        let options = millpond::Options::default().durability(durability);
+        let mut options = millpond::Options::default().durability(durability);
+        // For A/B runs of the preallocation (0 turns it off).
+        if let Some(bytes) = std::env::var("MILLPOND_PREALLOCATE_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            options = options.preallocate_bytes(bytes);
+        }
         let store = millpond::Store::open(dir, options).expect("millpond open");
         let queue = store.queue("q").expect("millpond queue");
         let group = queue

@@ -191,7 +191,8 @@ pub struct Replay {
     pub records: Vec<Record>,
     /// Offset where valid records end.
     pub end: u64,
-    /// Bytes after `end` that were not a valid record (a torn tail).
+    /// Bytes after `end` that were not a valid record (a torn tail); 0
+    /// when they are all zeros (preallocated space).
     pub torn_bytes: u64,
 }
 
@@ -246,7 +247,11 @@ pub fn read(path: &Path, bytes: &[u8], seq: u64) -> Result<Replay> {
         pos += RECORD_LEN;
     }
     r.end = pos as u64;
-    r.torn_bytes = bytes.len() as u64 - r.end;
+    // Zeros to the end of the file are space the writer preallocated (or
+    // unsynced writes that reached the disk as zeros), not a torn record.
+    if bytes[pos..].iter().any(|&b| b != 0) {
+        r.torn_bytes = bytes.len() as u64 - r.end;
+    }
     Ok(r)
 }
 
@@ -298,6 +303,22 @@ mod tests {
         assert_eq!(r.end, HEADER_LEN + 48);
         assert_eq!(r.torn_bytes, 10);
         assert!(read(Path::new("j"), &bytes, 5).unwrap_err().is_corruption());
+    }
+
+    #[test]
+    fn zeros_after_the_records_are_no_torn_tail() {
+        let mut bytes = encode_header(4).to_vec();
+        bytes.extend_from_slice(&Record::Ack { id: 1 }.encode());
+        bytes.extend_from_slice(&[0; 4000]);
+        let r = read(Path::new("j"), &bytes, 4).unwrap();
+        assert_eq!(r.records, vec![Record::Ack { id: 1 }]);
+        assert_eq!(r.end, HEADER_LEN + 24);
+        assert_eq!(r.torn_bytes, 0, "preallocated space");
+        // Anything but zeros after the records is a torn tail.
+        bytes.push(1);
+        let r = read(Path::new("j"), &bytes, 4).unwrap();
+        assert_eq!(r.records, vec![Record::Ack { id: 1 }]);
+        assert_eq!(r.torn_bytes, 4001);
     }
 
     proptest! {

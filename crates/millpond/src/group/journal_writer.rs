@@ -57,6 +57,13 @@ struct JState {
     seq: u64,
     /// File length once everything handed to a write is written.
     len: u64,
+    /// The file's length: `len`, then zeros written ahead of the records
+    /// so that appends overwrite allocated blocks (see
+    /// `Options::preallocate_bytes`).
+    file_end: u64,
+    /// How far past `len` the file is extended when a write passes
+    /// `file_end`; 0: never.
+    preallocate: u64,
     /// Records appended, not yet written.
     buf: Vec<u8>,
     /// Tickets handed out so far (the last one).
@@ -122,6 +129,13 @@ impl JState {
                 self.len += self.buf.len() as u64;
                 self.buf.clear();
                 self.written = self.appended;
+                if self.len > self.file_end {
+                    self.file_end = self.len;
+                    if let Err(e) = self.preallocate() {
+                        self.poison(&e);
+                        return Err(e);
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
@@ -129,6 +143,24 @@ impl JState {
                 Err(e)
             }
         }
+    }
+
+    /// Writes zeros from `len` to `preallocate` bytes past it (cut to
+    /// whole pages). The journal's reader stops at the first record that
+    /// fails its check and takes zeros to the end of the file as no record.
+    fn preallocate(&mut self) -> Result<()> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let target = (self.len + self.preallocate) & !4095;
+        let mut pos = self.len;
+        while pos < target {
+            let n = (target - pos).min(ZEROS.len() as u64) as usize;
+            self.file
+                .write_all_at(&ZEROS[..n], pos)
+                .ctx("preallocate journal", &self.path)?;
+            pos += n as u64;
+        }
+        self.file_end = self.file_end.max(target);
+        Ok(())
     }
 
     fn poison(&mut self, e: &Error) {
@@ -157,8 +189,9 @@ impl JState {
 }
 
 impl Journal {
-    /// Creates journal `seq` durably.
-    pub fn create(fs: Arc<dyn Fs>, dir: &Path, seq: u64) -> Result<Journal> {
+    /// Creates journal `seq` durably. Writes extend the file with zeros
+    /// `preallocate` bytes ahead of the records (0: never).
+    pub fn create(fs: Arc<dyn Fs>, dir: &Path, seq: u64, preallocate: u64) -> Result<Journal> {
         let (file, path) = create_file(&*fs, dir, seq)?;
         Ok(Journal {
             dir: dir.to_owned(),
@@ -168,6 +201,8 @@ impl Journal {
                 path,
                 seq,
                 len: HEADER_LEN,
+                file_end: HEADER_LEN,
+                preallocate,
                 buf: Vec::new(),
                 appended: 0,
                 written: 0,
@@ -343,6 +378,7 @@ impl Journal {
         st.file = file;
         st.seq = seq;
         st.len = HEADER_LEN;
+        st.file_end = HEADER_LEN;
         Ok(old)
     }
 
@@ -526,7 +562,7 @@ mod tests {
         });
         fs.create_dir_all(Path::new(DIR)).unwrap();
         fs.sync_dir(Path::new("/")).unwrap();
-        let journal = Arc::new(Journal::create(fs, Path::new(DIR), 1).unwrap());
+        let journal = Arc::new(Journal::create(fs, Path::new(DIR), 1, 0).unwrap());
         Setup { sim, gate, journal }
     }
 
@@ -543,6 +579,39 @@ mod tests {
         journal::read(&path, &bytes.unwrap_or_default(), 1)
             .unwrap()
             .records
+    }
+
+    /// With preallocation, the first write extends the journal with zeros
+    /// (whole pages), later writes stay inside them, and the records read
+    /// back, durable after a power cut.
+    #[test]
+    fn writes_extend_the_journal_with_zeros_ahead() {
+        let sim = SimFs::new(3);
+        sim.create_dir_all(Path::new(DIR)).unwrap();
+        sim.sync_dir(Path::new("/")).unwrap();
+        let j = Journal::create(Arc::new(sim.clone()), Path::new(DIR), 1, 8192).unwrap();
+        let path = Path::new(DIR).join(file_name(1));
+        let t = j.append(Record::Ack { id: 1 }).unwrap();
+        j.wait(t, Goal::Durable).unwrap();
+        assert_eq!(sim.file_bytes(&path).unwrap().len(), 8192);
+        for id in 2..=100 {
+            let t = j.append(Record::Ack { id }).unwrap();
+            j.wait(t, Goal::Durable).unwrap();
+        }
+        // 32 + 100 × 24 bytes of records: still inside the first 8 KiB.
+        assert_eq!(sim.file_bytes(&path).unwrap().len(), 8192);
+        let want: Vec<Record> = (1..=100).map(|id| Record::Ack { id }).collect();
+        assert_eq!(records(&sim, true), want);
+        let image = sim.crash_image(CrashOptions::clean());
+        let r = journal::read(&path, &image.file_bytes(&path).unwrap(), 1).unwrap();
+        assert_eq!(r.torn_bytes, 0);
+        // Past the preallocated end the file grows again.
+        for id in 101..=400 {
+            let t = j.append(Record::Ack { id }).unwrap();
+            j.wait(t, Goal::Written).unwrap();
+        }
+        let len = sim.file_bytes(&path).unwrap().len();
+        assert!(len > 8192 && len.is_multiple_of(4096), "{len}");
     }
 
     /// Runs `f` on another thread; the receiver gets its result.

@@ -396,7 +396,13 @@ impl GroupInner {
         // A fresh journal and a checkpoint naming it; then the old journals
         // can go.
         let seq = journals.last().map_or(1, |s| s + 1).max(from_seq + 1);
-        let journal = Journal::create(fs.clone(), &dir, seq)?;
+        // Preallocate no further than a journal is expected to grow
+        // before a checkpoint rotates it.
+        let preallocate = log
+            .opts
+            .preallocate_bytes
+            .min(opts.checkpoint_journal_bytes.max(4096));
+        let journal = Journal::create(fs.clone(), &dir, seq, preallocate)?;
         fs::write_atomic(&*fs, &ckpt_path, &checkpoint::encode(seq, &state))
             .ctx("write checkpoint", &ckpt_path)?;
         remove_journals_below(&*fs, &dir, &journals, seq)?;
