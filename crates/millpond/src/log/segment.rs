@@ -188,6 +188,12 @@ pub fn scan(
                     Decoded::Incomplete => "incomplete frame".to_string(),
                     Decoded::Bad(b) => b.to_string(),
                 };
+                // Zeros to the end (the writer's preallocation, up to a
+                // MiB): no frame can follow, so skip the byte-by-byte search.
+                if bytes[pos..].iter().all(|&b| b == 0) {
+                    s.torn = Some((pos as u64, (bytes.len() - pos) as u64, detail));
+                    break;
+                }
                 match resync(bytes, pos + 1, s.next_id, payload_len_max) {
                     Some(next) => {
                         s.damage.push(Damage {
