@@ -70,9 +70,10 @@ fn active_segment_is_extended_ahead_and_trimmed_on_close() {
         let (seg, len) = &segs[0];
         let end = frames_end(&*fs, seg);
         assert!(end > segment::HEADER_LEN);
-        // 1 MiB past the first push's end, cut to whole pages.
+        // 64 KiB past the first push's end (the first step), cut to
+        // whole pages.
         assert!(
-            *len >= 1 << 20 && *len > end && len.is_multiple_of(4096),
+            *len == 64 << 10 && *len > end,
             "file {len}, frames end at {end}"
         );
         assert_eq!(q.log_stats().unwrap().bytes_on_disk, *len);
@@ -89,6 +90,41 @@ fn active_segment_is_extended_ahead_and_trimmed_on_close() {
         let q = store.queue("q").unwrap();
         assert_eq!(q.push(msg(N + 1)).unwrap(), N + 1);
         assert_eq!(q.read(N + 1).unwrap().unwrap().payload, msg(N + 1));
+    });
+}
+
+/// The step doubles with the file, up to `preallocate_bytes`: a busy
+/// segment extends once per MiB, a quiet one holds 64 KiB of zeros.
+#[test]
+fn preallocation_step_grows_with_the_file() {
+    on_each_fs(|fs, path| {
+        let options = Options::default()
+            .fs(fs.clone())
+            .compact_interval(None)
+            .durability(Durability::Buffered);
+        let store = Store::open(&path, options).unwrap();
+        let q = store.queue("q").unwrap();
+        let payload = vec![7u8; 4000];
+        let mut lens = Vec::new();
+        for _ in 0..1200 {
+            q.push(&payload).unwrap();
+            q.flush().unwrap();
+            let (_, len) = segments(&*fs, &path).remove(0);
+            if lens.last() != Some(&len) {
+                lens.push(len);
+            }
+        }
+        // About 4.8 MB of frames: 64 KiB, then about twice the file each
+        // time, then 1 MiB steps.
+        assert_eq!(lens[0], 64 << 10, "{lens:?}");
+        for w in lens.windows(2) {
+            let grew = w[1] - w[0];
+            assert!(grew <= (1 << 20) + 8192, "{lens:?}");
+        }
+        let (seg, len) = segments(&*fs, &path).remove(0);
+        let end = frames_end(&*fs, &seg);
+        assert!(len > end && len - end <= 1 << 20, "{len} {end}");
+        assert!(lens.len() >= 8, "{lens:?}");
     });
 }
 

@@ -135,13 +135,15 @@ impl Options {
         self
     }
 
-    /// How far past its last frame the active segment file is extended
-    /// with written zeros, a step at a time, so that the `fdatasync` after
-    /// a small append overwrites blocks the file already has instead of
-    /// also committing a new file size (on ext4 and XFS a second write to
-    /// the file system's journal). The zeros are cut off when the segment
-    /// is sealed and when the store closes cleanly. Default: 1 MiB; 0
-    /// appends without preallocating. Range: 0 to 1 GiB.
+    /// How far past its last frame the active segment file (and each
+    /// group journal) is extended with written zeros, at most, so that the
+    /// `fdatasync` after a small append overwrites blocks the file already
+    /// has instead of also committing a new file size (on ext4 and XFS a
+    /// second write to the file system's journal). Each extension reaches
+    /// as far ahead as the file is long, from 64 KiB up to this limit, so
+    /// a rarely written queue holds 64 KiB of zeros. The zeros are cut off
+    /// when a segment is sealed and when the store closes cleanly.
+    /// Default: 1 MiB; 0 appends without preallocating. Range: 0 to 1 GiB.
     pub fn preallocate_bytes(mut self, bytes: u64) -> Options {
         self.preallocate_bytes = bytes;
         self

@@ -145,12 +145,13 @@ impl JState {
         }
     }
 
-    /// Writes zeros from `len` to `preallocate` bytes past it (cut to
-    /// whole pages). The journal's reader stops at the first record that
+    /// Writes zeros from `len` to a step past it (`preallocate_step`,
+    /// at most `preallocate`; cut to whole pages). The journal's reader stops at the first record that
     /// fails its check and takes zeros to the end of the file as no record.
     fn preallocate(&mut self) -> Result<()> {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        let target = (self.len + self.preallocate) & !4095;
+        let step = crate::log::preallocate_step(self.len, self.preallocate);
+        let target = (self.len + step) & !4095;
         let mut pos = self.len;
         while pos < target {
             let n = (target - pos).min(ZEROS.len() as u64) as usize;

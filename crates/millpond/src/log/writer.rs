@@ -103,6 +103,16 @@ impl WriterState {
     }
 }
 
+/// How far ahead of `end` a file is extended with zeros: as far as the
+/// file already reaches, at least 64 KiB and at most `max`
+/// (`Options::preallocate_bytes`). The step doubles as a file grows, so a
+/// queue that is written rarely (a beanstalkd tube with a few jobs) holds
+/// 64 KiB of zeros, not `max`, and a busy one extends its file once per
+/// `max`.
+pub(crate) fn preallocate_step(end: u64, max: u64) -> u64 {
+    end.max(64 << 10).min(max)
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -391,12 +401,12 @@ impl Log {
     }
 
     /// Extends a segment file whose frames end at `end` with zeros, up to
-    /// `preallocate_bytes` past `end` and never past the segment size limit
-    /// (nor below `end`); returns the new length. The zeros reach the disk
+    /// [`preallocate_step`] past `end` and never past the segment size
+    /// limit (nor below `end`); returns the new length. The zeros reach the disk
     /// with the round's fsync; later rounds then overwrite allocated
     /// blocks, so their fsync has no file size to commit.
     fn preallocate(&self, file: &dyn FsFile, path: &Path, end: u64) -> Result<u64> {
-        let step = self.opts.preallocate_bytes;
+        let step = preallocate_step(end, self.opts.preallocate_bytes);
         let target = (end + step).min(self.opts.segment_bytes_max.max(end));
         if target <= end {
             return Ok(end);
