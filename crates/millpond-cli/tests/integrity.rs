@@ -215,3 +215,36 @@ fn a_command_that_meets_damage_exits_1_and_points_at_repair() {
     let ids: Vec<u64> = got.iter().map(|m| m["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, vec![1, 2, 4, 5, 6]);
 }
+
+/// Zeros after the newest segment's last frame (what a kill leaves of the
+/// writer's preallocation) are no damage: verify stays clean, repair
+/// changes nothing, and every message is still there.
+#[test]
+fn zeros_after_the_newest_segments_frames_verify_clean() {
+    let s = TestStore::new();
+    let lines = filled(&s);
+    let seg = s.segments("q").pop().unwrap();
+    let before = std::fs::read(&seg).unwrap();
+    let mut bytes = before.clone();
+    bytes.extend_from_slice(&[0; 65536]);
+    std::fs::write(&seg, &bytes).unwrap();
+    let report = s.json(&["verify"]);
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(report["frames"], 20);
+    assert!(
+        report["problems"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let repaired = s.json(&["repair"]);
+    assert!(
+        repaired["actions"].as_array().unwrap().is_empty(),
+        "{repaired}"
+    );
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "repair left it alone");
+    let got: Vec<String> = s
+        .json_lines(&["reserve", "-q", "q", "-n", "30", "--ack"], 0)
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, lines);
+}
