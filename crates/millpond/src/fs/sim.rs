@@ -828,29 +828,52 @@ impl Core {
 
     /// Makes the log's operations on `dir` durable, in order, except those
     /// still waiting for another directory (and those behind them).
-    fn commit_dir(&mut self, dir: u64) {
+    /// Makes the pending operations on `dir` durable; returns the inodes
+    /// that may no longer be referred to (those the operations moved away
+    /// from, and those they replaced in the durable view).
+    fn commit_dir(&mut self, dir: u64) -> Vec<u64> {
         let mut blocked = BTreeSet::new();
+        let mut touched = Vec::new();
         for pending in std::mem::take(&mut self.log) {
             let mut pending = pending;
             pending.unsynced.retain(|&d| d != dir);
             let dirs = pending.op.dirs();
             if pending.unsynced.is_empty() && !dirs.iter().any(|d| blocked.contains(d)) {
+                touched.push(pending.op.id);
+                if let Some((d, name)) = &pending.op.to
+                    && let Some(&old) = self.durable_dirs.get(d).and_then(|e| e.get(name))
+                {
+                    touched.push(old);
+                }
                 pending.op.apply(&mut self.durable_dirs);
             } else {
                 blocked.extend(dirs);
                 self.log.push(pending);
             }
         }
+        touched
     }
 
-    /// Drops file inodes no entry, pending operation or handle refers to.
-    fn collect_garbage(&mut self) {
-        let mut used: BTreeSet<u64> = self.log.iter().map(|p| p.op.id).collect();
-        for entries in self.dirs.values().chain(self.durable_dirs.values()) {
-            used.extend(entries.values());
+    /// Drops those of the file inodes `ids` that no entry, pending
+    /// operation or handle refers to. Only inodes an operation just let go
+    /// of can have become garbage, so only they are checked (a sweep of
+    /// every inode on every rename, sync and close was a fifth of the
+    /// time of the `ops_vs_model` fuzz target).
+    fn collect_garbage(&mut self, ids: &[u64]) {
+        for &id in ids {
+            if self.files.get(&id).is_none_or(|f| f.handles > 0) {
+                continue;
+            }
+            let used = self.log.iter().any(|p| p.op.id == id)
+                || self
+                    .dirs
+                    .values()
+                    .chain(self.durable_dirs.values())
+                    .any(|e| e.values().any(|&v| v == id));
+            if !used {
+                self.files.remove(&id);
+            }
         }
-        self.files
-            .retain(|id, file| file.handles > 0 || used.contains(id));
     }
 
     /// Whether `target` is `dir` or below it.
@@ -1042,6 +1065,7 @@ impl Core {
             if core.is_dir(id) && core.contains_dir(id, to_dir) {
                 return Err(invalid(to, "cannot move a directory below itself"));
             }
+            let replaced = core.dirs[&to_dir].get(to_name).copied();
             core.dirs.get_mut(&from_dir).map(|e| e.remove(from_name));
             core.dirs
                 .get_mut(&to_dir)
@@ -1052,7 +1076,7 @@ impl Core {
                 id,
             });
             core.stats.renames += 1;
-            core.collect_garbage();
+            core.collect_garbage(replaced.as_slice());
             Ok(())
         })
     }
@@ -1070,7 +1094,7 @@ impl Core {
             let from = Some((dir, name.to_owned()));
             core.log_dir_op(DirOp { from, to: None, id });
             core.stats.removes += 1;
-            core.collect_garbage();
+            core.collect_garbage(&[id]);
             Ok(())
         })
     }
@@ -1078,8 +1102,8 @@ impl Core {
     fn sync_dir(&mut self, path: &Path) -> io::Result<()> {
         self.mutate(Some(FaultKind::SyncDir), |core| {
             let dir = core.lookup_dir(path)?;
-            core.commit_dir(dir);
-            core.collect_garbage();
+            let touched = core.commit_dir(dir);
+            core.collect_garbage(&touched);
             core.stats.dir_syncs += 1;
             Ok(())
         })
@@ -1188,7 +1212,7 @@ impl Drop for SimFile {
         if let Some(file) = core.files.get_mut(&self.id) {
             file.handles -= 1;
             if file.handles == 0 {
-                core.collect_garbage();
+                core.collect_garbage(&[self.id]);
             }
         }
     }
@@ -1315,6 +1339,38 @@ mod tests {
         let mut buf = vec![0; file.len().unwrap() as usize];
         file.read_exact_at(&mut buf, 0).unwrap();
         buf
+    }
+
+    /// An inode goes once no entry (current or durable), pending directory
+    /// operation or open handle refers to it, and not before.
+    #[test]
+    fn inodes_nothing_refers_to_are_dropped() {
+        let fs = SimFs::new(1);
+        fs.create_dir_all(p("/d")).unwrap();
+        fs.sync_dir(p("/")).unwrap();
+        let inodes = |fs: &SimFs| fs.lock().files.len();
+        let base = inodes(&fs);
+        drop(create(&fs, "/d/a", b"a"));
+        drop(create(&fs, "/d/b", b"b"));
+        assert_eq!(inodes(&fs), base + 2);
+        fs.sync_dir(p("/d")).unwrap();
+        fs.rename(p("/d/b"), p("/d/a")).unwrap();
+        assert_eq!(inodes(&fs), base + 2, "the old a is still durable");
+        assert_eq!(
+            fs.crash_image(CrashOptions::clean())
+                .file_bytes(p("/d/a"))
+                .unwrap(),
+            b""
+        );
+        fs.sync_dir(p("/d")).unwrap();
+        assert_eq!(inodes(&fs), base + 1, "the replaced inode is gone");
+        let handle = fs.open(p("/d/a"), OpenMode::Read).unwrap();
+        fs.remove_file(p("/d/a")).unwrap();
+        fs.sync_dir(p("/d")).unwrap();
+        assert_eq!(inodes(&fs), base + 1, "an open handle keeps it");
+        assert_eq!(&*handle.map().unwrap(), b"b");
+        drop(handle);
+        assert_eq!(inodes(&fs), base);
     }
 
     /// Every path below `.` with its bytes (`None` for directories).
