@@ -60,6 +60,16 @@ fn parse_range(s: &str) -> Result<Range<u64>, String> {
     }
 }
 
+/// `println!` that gives up quietly when standard output is gone (piped
+/// into `head`, say) instead of panicking: the seeds' verdict is the exit
+/// code.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// When the run started, for the time to each failure.
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
@@ -97,7 +107,7 @@ fn main() -> ExitCode {
         })
     };
     let elapsed = started.elapsed();
-    println!(
+    say!(
         "millpond-sim: seeds {}..{} ({} seeds) in {:.1?} ({:.2} ms/seed), {} failed",
         seeds.start,
         seeds.end,
@@ -106,14 +116,14 @@ fn main() -> ExitCode {
         elapsed.as_secs_f64() * 1000.0 / total.seeds.max(1) as f64,
         total.failures
     );
-    println!("{}", total.text());
+    say!("{}", total.text());
     if !failed.is_empty() {
-        println!("  failed seeds: {failed:?}");
+        say!("  failed seeds: {failed:?}");
     }
     if args.json {
         let mut json = total.json();
         json.pop();
-        println!(
+        say!(
             "{json},\"seed_start\":{},\"seed_end\":{},\"elapsed_ms\":{},\"failed_seeds\":{failed:?}}}",
             seeds.start,
             seeds.end,
@@ -130,12 +140,12 @@ fn main() -> ExitCode {
 fn report(r: &millpond_sim::SeedReport, options: millpond_sim::RunOptions, failed: &mut Vec<u64>) {
     if let Some(f) = &r.failure {
         failed.push(r.seed);
-        println!(
+        say!(
             "FAIL seed {} (after {:.1?}): {f}",
             r.seed,
             STARTED.get().map(|t| t.elapsed()).unwrap_or_default()
         );
-        println!(
+        say!(
             "  replay: {}",
             millpond_sim::replay_command(r.seed, options)
         );
