@@ -183,6 +183,19 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// Writes zeros over `[from, to)` of `file`, 64 KiB at a time (space
+/// preallocated ahead of a segment's frames or a journal's records).
+pub(crate) fn write_zeros(file: &dyn FsFile, from: u64, to: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut pos = from;
+    while pos < to {
+        let n = (to - pos).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
 /// Replaces `path` atomically with `bytes`: write a temporary file, sync it,
 /// rename it over `path`, sync the directory.
 pub(crate) fn write_atomic(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -130,11 +130,17 @@ impl JState {
                 self.buf.clear();
                 self.written = self.appended;
                 if self.len > self.file_end {
-                    self.file_end = self.len;
-                    if let Err(e) = self.preallocate() {
+                    // Zeros ahead of the records; the reader takes zeros to
+                    // the end of the file as no record.
+                    let target =
+                        crate::log::preallocate_target(self.len, self.preallocate, u64::MAX);
+                    if let Err(e) = crate::fs::write_zeros(&*self.file, self.len, target)
+                        .ctx("preallocate journal", &self.path)
+                    {
                         self.poison(&e);
                         return Err(e);
                     }
+                    self.file_end = target;
                 }
                 Ok(())
             }
@@ -143,25 +149,6 @@ impl JState {
                 Err(e)
             }
         }
-    }
-
-    /// Writes zeros from `len` to a step past it (`preallocate_step`,
-    /// at most `preallocate`; cut to whole pages). The journal's reader stops at the first record that
-    /// fails its check and takes zeros to the end of the file as no record.
-    fn preallocate(&mut self) -> Result<()> {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        let step = crate::log::preallocate_step(self.len, self.preallocate);
-        let target = (self.len + step) & !4095;
-        let mut pos = self.len;
-        while pos < target {
-            let n = (target - pos).min(ZEROS.len() as u64) as usize;
-            self.file
-                .write_all_at(&ZEROS[..n], pos)
-                .ctx("preallocate journal", &self.path)?;
-            pos += n as u64;
-        }
-        self.file_end = self.file_end.max(target);
-        Ok(())
     }
 
     fn poison(&mut self, e: &Error) {

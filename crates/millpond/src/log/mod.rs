@@ -23,7 +23,7 @@ pub(crate) use maintain::SealedRange;
 pub use recover::{DamagedRange, QueueRecovery, TornTail};
 pub(crate) use segments::{SegmentFile, StoredFrame};
 use writer::WriterState;
-pub(crate) use writer::{now_ms, preallocate_step};
+pub(crate) use writer::{now_ms, preallocate_target};
 
 /// Settings the log keeps from [`Options`].
 #[derive(Debug, Clone)]

@@ -139,7 +139,7 @@ impl Log {
         let tail_seg = Arc::new(SegmentFile::active(
             &dir,
             tail_id,
-            tail.file.clone(),
+            tail.file,
             tail.len,
             tail.next_id,
             tail.priority_floor,

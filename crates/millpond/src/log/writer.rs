@@ -13,9 +13,8 @@ use super::frame::{self, Attrs};
 use super::segment;
 use super::segments::SegmentFile;
 use crate::error::{Error, IoContext, Result};
-use crate::fs::{FsFile, OpenMode};
+use crate::fs::OpenMode;
 use crate::options::Durability;
-use std::path::Path;
 
 /// Shared state of the writer, behind `Log::state`.
 #[derive(Debug)]
@@ -109,8 +108,15 @@ impl WriterState {
 /// queue that is written rarely (a beanstalkd tube with a few jobs) holds
 /// 64 KiB of zeros, not `max`, and a busy one extends its file once per
 /// `max`.
-pub(crate) fn preallocate_step(end: u64, max: u64) -> u64 {
+fn preallocate_step(end: u64, max: u64) -> u64 {
     end.max(64 << 10).min(max)
+}
+
+/// Where a file whose data ends at `end` is extended to with zeros:
+/// [`preallocate_step`] past `end`, no further than `limit`, cut to whole
+/// pages (so the next extension starts page-aligned), never below `end`.
+pub(crate) fn preallocate_target(end: u64, max: u64, limit: u64) -> u64 {
+    ((end + preallocate_step(end, max)).min(limit) & !4095).max(end)
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -373,15 +379,21 @@ impl Log {
             if chunk.new_segment {
                 self.roll(&mut io, chunk.segment_first_id)?;
             }
-            let seg = io.active.clone();
+            let seg = &io.active;
             debug_assert_eq!(seg.first_id, chunk.segment_first_id);
             let file = seg.file().expect("active segment is open");
             file.write_all_at(&chunk.bytes, chunk.start_pos)
                 .ctx("write segment", &seg.path)?;
             let end = chunk.start_pos + chunk.bytes.len() as u64;
             if end > self.file_end.load(Ordering::Relaxed) {
-                let file_end = self.preallocate(&**file, &seg.path, end)?;
-                self.file_end.store(file_end, Ordering::Relaxed);
+                // Zeros ahead, never past the segment size limit: they reach
+                // the disk with this round's fsync, and later rounds then
+                // overwrite allocated blocks, with no file size to commit.
+                let limit = self.opts.segment_bytes_max.max(end);
+                let target = preallocate_target(end, self.opts.preallocate_bytes, limit);
+                crate::fs::write_zeros(&**file, end, target)
+                    .ctx("preallocate segment", &seg.path)?;
+                self.file_end.store(target, Ordering::Relaxed);
             }
             seg.advance(
                 chunk.start_pos + chunk.bytes.len() as u64,
@@ -400,34 +412,11 @@ impl Log {
         Ok(())
     }
 
-    /// Extends a segment file whose frames end at `end` with zeros, up to
-    /// [`preallocate_step`] past `end` and never past the segment size
-    /// limit (nor below `end`); returns the new length. The zeros reach the disk
-    /// with the round's fsync; later rounds then overwrite allocated
-    /// blocks, so their fsync has no file size to commit.
-    fn preallocate(&self, file: &dyn FsFile, path: &Path, end: u64) -> Result<u64> {
-        let step = preallocate_step(end, self.opts.preallocate_bytes);
-        let target = (end + step).min(self.opts.segment_bytes_max.max(end));
-        if target <= end {
-            return Ok(end);
-        }
-        // Whole pages, so the next extension starts page-aligned.
-        let target = (target & !4095).max(end);
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        let mut pos = end;
-        while pos < target {
-            let n = (target - pos).min(ZEROS.len() as u64) as usize;
-            file.write_all_at(&ZEROS[..n], pos)
-                .ctx("preallocate segment", path)?;
-            pos += n as u64;
-        }
-        Ok(target)
-    }
-
     /// Cuts the zeros written ahead of the active segment's frames off
     /// its file (before sealing it or closing cleanly), so that the file
     /// ends at its last frame. Made durable by the caller's fsync.
-    fn trim(&self, io: &WriterIo) -> Result<()> {
+    /// Returns whether there was anything to cut.
+    fn trim(&self, io: &WriterIo) -> Result<bool> {
         let seg = &io.active;
         let (len, _) = seg.extent(
             &*self.fs,
@@ -440,8 +429,9 @@ impl Log {
                 .set_len(len)
                 .ctx("trim preallocated zeros of", &seg.path)?;
             self.file_end.store(len, Ordering::Relaxed);
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Seals the active segment (fsync, index file) and creates the next,
@@ -607,15 +597,9 @@ impl Log {
         }
         flushed?;
         let io = self.io.lock().expect("io lock");
-        let (len, _) = io.active.extent(
-            &*self.fs,
-            self.opts.frame_payload_max,
-            self.opts.index_interval,
-        )?;
-        if self.file_end.load(Ordering::Relaxed) > len {
-            // The next open reads no further than the index: the file
-            // must end where it does.
-            self.trim(&io)?;
+        // The next open reads no further than the index: the file must end
+        // where it does.
+        if self.trim(&io)? {
             let seg = &io.active;
             seg.file()
                 .expect("active segment is open")
