@@ -10,7 +10,7 @@
 //! a clean close and reopen (expired ones are released by the open). At
 //! the end every message is acked or buried, and nothing else is left.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,9 +41,16 @@ struct Msg {
     state: State,
 }
 
+/// The model's messages, with the ready ones and the reserved ones also
+/// kept apart, so a step costs the same however many messages the input
+/// has pushed (the fuzzer runs millions of inputs of up to `OPS_MAX`
+/// steps).
 #[derive(Debug, Default)]
 struct Model {
     msgs: BTreeMap<u64, Msg>,
+    ready: BTreeSet<u64>,
+    /// Reserved ids and their lease deadlines.
+    reserved: BTreeMap<u64, u64>,
     next_id: u64,
 }
 
@@ -58,36 +65,63 @@ impl Model {
                 state: State::Ready,
             },
         );
+        self.ready.insert(id);
         self.next_id += 1;
     }
 
+    /// Moves a message to a new state, keeping the sets in step.
+    fn set(&mut self, id: u64, state: State) {
+        let m = self.msgs.get_mut(&id).expect("modelled");
+        match m.state {
+            State::Ready => {
+                self.ready.remove(&id);
+            }
+            State::Reserved { .. } => {
+                self.reserved.remove(&id);
+            }
+            State::Acked | State::Buried => {}
+        }
+        m.state = state;
+        match state {
+            State::Ready => {
+                self.ready.insert(id);
+            }
+            State::Reserved { deadline_ms } => {
+                self.reserved.insert(id, deadline_ms);
+            }
+            State::Acked | State::Buried => {}
+        }
+    }
+
     /// A lease that ended: released with its attempt counted, or buried.
-    fn release(m: &mut Msg) {
-        m.state = if m.attempts >= MAX_ATTEMPTS {
+    fn release(&mut self, id: u64) {
+        let attempts = self.msgs.get(&id).expect("modelled").attempts;
+        let state = if attempts >= MAX_ATTEMPTS {
             State::Buried
         } else {
             State::Ready
         };
+        self.set(id, state);
     }
 
     fn expire(&mut self, now_ms: u64) {
-        for m in self.msgs.values_mut() {
-            if matches!(m.state, State::Reserved { deadline_ms } if deadline_ms <= now_ms) {
-                Model::release(m);
-            }
+        let due: Vec<u64> = self
+            .reserved
+            .iter()
+            .filter(|(_, deadline_ms)| **deadline_ms <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.release(id);
         }
     }
 
     fn reserved(&self) -> Vec<u64> {
-        self.ids(|s| matches!(s, State::Reserved { .. }))
+        self.reserved.keys().copied().collect()
     }
 
-    fn ids(&self, f: impl Fn(State) -> bool) -> Vec<u64> {
-        self.msgs
-            .iter()
-            .filter(|(_, m)| f(m.state))
-            .map(|(id, _)| *id)
-            .collect()
+    fn count(&self, state: State) -> u64 {
+        self.msgs.values().filter(|m| m.state == state).count() as u64
     }
 }
 
@@ -197,7 +231,7 @@ fn reserve(h: &Harness, m: &mut Model, arg: u8) {
     let lease_ms = (u64::from(arg % 8) + 1) * 100;
     let now = h.clock.now_ms();
     m.expire(now);
-    let want = m.ids(|s| s == State::Ready).first().copied();
+    let want = m.ready.first().copied();
     let got = h
         .group
         .reserve(Duration::from_millis(lease_ms))
@@ -210,9 +244,12 @@ fn reserve(h: &Harness, m: &mut Model, arg: u8) {
             msg.attempts += 1;
             assert_eq!(d.attempt, msg.attempts, "attempt of message {id}");
             assert_eq!(d.payload, payload(id, msg.len), "payload of message {id}");
-            msg.state = State::Reserved {
-                deadline_ms: now + lease_ms,
-            };
+            m.set(
+                id,
+                State::Reserved {
+                    deadline_ms: now + lease_ms,
+                },
+            );
         }
         (want, got) => panic!("reserve: model says {want:?}, group gave {got:?}"),
     }
@@ -221,19 +258,16 @@ fn reserve(h: &Harness, m: &mut Model, arg: u8) {
 /// The id an ack or nack is aimed at: mostly a reserved one, sometimes
 /// any id (which must be refused unless it is reserved).
 fn target(m: &Model, arg: u8) -> u64 {
-    let reserved = m.reserved();
-    if arg < 200 && !reserved.is_empty() {
-        reserved[usize::from(arg) % reserved.len()]
+    if arg < 200 && !m.reserved.is_empty() {
+        let n = usize::from(arg) % m.reserved.len();
+        *m.reserved.keys().nth(n).expect("n is below the length")
     } else {
         u64::from(arg) % (m.next_id + 2)
     }
 }
 
 fn settled(m: &mut Model, id: u64, r: Result<(), Error>, op: &str) -> Option<Msg> {
-    let reserved = matches!(
-        m.msgs.get(&id).map(|x| x.state),
-        Some(State::Reserved { .. })
-    );
+    let reserved = m.reserved.contains_key(&id);
     match r {
         Ok(()) => {
             assert!(reserved, "{op} of {id} accepted, but it is not reserved");
@@ -251,14 +285,14 @@ fn settled(m: &mut Model, id: u64, r: Result<(), Error>, op: &str) -> Option<Msg
 fn ack(h: &Harness, m: &mut Model, arg: u8) {
     let id = target(m, arg);
     if settled(m, id, h.group.ack(id), "ack").is_some() {
-        m.msgs.get_mut(&id).expect("modelled").state = State::Acked;
+        m.set(id, State::Acked);
     }
 }
 
 fn nack(h: &Harness, m: &mut Model, arg: u8) {
     let id = target(m, arg);
     if settled(m, id, h.group.nack(id, Some(Duration::ZERO)), "nack").is_some() {
-        Model::release(m.msgs.get_mut(&id).expect("modelled"));
+        m.release(id);
     }
 }
 
@@ -267,7 +301,6 @@ fn nack(h: &Harness, m: &mut Model, arg: u8) {
 fn drain(h: &Harness, m: &mut Model) {
     h.clock.advance(3_600_000);
     loop {
-        let before = m.ids(|s| s == State::Acked).len();
         reserve(h, m, 0);
         let reserved = m.reserved();
         if reserved.is_empty() {
@@ -275,10 +308,10 @@ fn drain(h: &Harness, m: &mut Model) {
         }
         assert_eq!(reserved.len(), 1);
         ack(h, m, 0);
-        assert_eq!(m.ids(|s| s == State::Acked).len(), before + 1);
+        assert_eq!(m.msgs[&reserved[0]].state, State::Acked);
     }
     let stats = h.group.stats().expect("stats");
-    let count = |s: State| m.ids(|x| x == s).len() as u64;
+    let count = |s: State| m.count(s);
     assert_eq!(stats.ready, 0);
     assert_eq!(stats.reserved, 0);
     assert_eq!(stats.buried, count(State::Buried), "buried messages");
