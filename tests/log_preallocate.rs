@@ -101,14 +101,13 @@ fn preallocation_step_grows_with_the_file() {
         let options = Options::default()
             .fs(fs.clone())
             .compact_interval(None)
-            .durability(Durability::Buffered);
+            .durability(Durability::Sync);
         let store = Store::open(&path, options).unwrap();
         let q = store.queue("q").unwrap();
         let payload = vec![7u8; 4000];
         let mut lens = Vec::new();
         for _ in 0..1200 {
             q.push(&payload).unwrap();
-            q.flush().unwrap();
             let (_, len) = segments(&*fs, &path).remove(0);
             if lens.last() != Some(&len) {
                 lens.push(len);
@@ -143,6 +142,59 @@ fn preallocate_zero_appends_only_frames() {
         let (seg, len) = segments(&*fs, &path).remove(0);
         assert_eq!(len, frames_end(&*fs, &seg));
     });
+}
+
+/// Without an fsync per push there is no size change per push to save:
+/// `Interval` and `Buffered` write only frames, and their group journals
+/// only records.
+#[test]
+fn only_sync_preallocates() {
+    for durability in [
+        Durability::Interval(std::time::Duration::from_millis(5)),
+        Durability::Buffered,
+    ] {
+        on_each_fs(|fs, path| {
+            let options = Options::default()
+                .fs(fs.clone())
+                .compact_interval(None)
+                .durability(durability);
+            let store = Store::open(&path, options).unwrap();
+            let q = store.queue("q").unwrap();
+            let g = q.group("g").unwrap();
+            for id in 1..=N {
+                q.push(msg(id)).unwrap();
+            }
+            q.flush().unwrap();
+            for id in 1..=N {
+                let d = g
+                    .reserve(std::time::Duration::from_secs(30))
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(d.id, id);
+                g.ack(id).unwrap();
+            }
+            let (seg, len) = segments(&*fs, &path).remove(0);
+            assert_eq!(len, frames_end(&*fs, &seg), "{durability:?}");
+            // A reserve and an ack record of 24 bytes per message, a
+            // header, nothing like the 64 KiB of a first zero step.
+            let gdir = path.join("queues/q/groups/g");
+            let journals: Vec<String> = fs
+                .list_dir(&gdir)
+                .unwrap()
+                .into_iter()
+                .filter(|n| n.starts_with("journal-"))
+                .collect();
+            assert!(!journals.is_empty());
+            for name in journals {
+                let len = fs
+                    .open(&gdir.join(&name), OpenMode::Read)
+                    .unwrap()
+                    .len()
+                    .unwrap();
+                assert!(len <= 64 + 48 * N, "{durability:?}: {name} is {len} bytes");
+            }
+        });
+    }
 }
 
 #[test]

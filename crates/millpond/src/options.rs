@@ -143,6 +143,9 @@ impl Options {
     /// as far ahead as the file is long, from 64 KiB up to this limit, so
     /// a rarely written queue holds 64 KiB of zeros. The zeros are cut off
     /// when a segment is sealed and when the store closes cleanly.
+    /// Only under [`Durability::Sync`]: under `Interval` and `Buffered` a
+    /// size change is committed once per fsync, not once per push, and
+    /// writing zeros first would double the page-cache writes.
     /// Default: 1 MiB; 0 appends without preallocating. Range: 0 to 1 GiB.
     pub fn preallocate_bytes(mut self, bytes: u64) -> Options {
         self.preallocate_bytes = bytes;

@@ -30,7 +30,9 @@ pub(crate) use writer::{now_ms, preallocate_target};
 pub(crate) struct LogOptions {
     pub durability: Durability,
     pub segment_bytes_max: u64,
-    /// How far past the last frame the active segment file is extended.
+    /// How far past the last frame the active segment file (and each
+    /// group journal) is extended: `Options::preallocate_bytes` under
+    /// `Sync`, 0 otherwise.
     pub preallocate_bytes: u64,
     /// Largest payload a push may have.
     pub message_bytes_max: u32,
@@ -49,7 +51,13 @@ impl From<&Options> for LogOptions {
         LogOptions {
             durability: o.durability,
             segment_bytes_max: o.segment_bytes_max,
-            preallocate_bytes: o.preallocate_bytes,
+            // Zeros ahead only pay where every push waits for an fsync;
+            // elsewhere they would double the page-cache writes of a
+            // buffered push for a size change committed once per flush.
+            preallocate_bytes: match o.durability {
+                Durability::Sync => o.preallocate_bytes,
+                Durability::Interval(_) | Durability::Buffered => 0,
+            },
             message_bytes_max: o.message_bytes_max,
             frame_payload_max: crate::options::MESSAGE_BYTES_LIMIT,
             index_interval: u64::from(o.index_interval_bytes),
