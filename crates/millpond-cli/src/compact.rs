@@ -12,12 +12,15 @@ use crate::{Global, Outcome, open, output};
 pub const HELP: &str = "\
 A sealed segment whose every message is finished for every group is
 deleted; one that is mostly finished (live bytes under 25 %) is rewritten
-with its live messages. The newest segment is never touched, and a group
-that lags keeps the segments it has not read.
+with its live messages. The newest segment is rolled and deleted when
+every group finished it and it holds 1 MiB or more; a group that lags
+keeps the segments it has not read. A group journal holding 16 KiB or
+more is replaced by a checkpoint of what the group still tracks.
 
 Output: the bytes reclaimed and what was done; with --json one object:
   {\"bytes_reclaimed\": 67108864, \"segments_deleted\": 1, \"segments_rewritten\": 0,
-   \"segments_dropped\": 0, \"segments\": 1, \"bytes_on_disk\": 1024,
+   \"segments_dropped\": 0, \"journals_checkpointed\": 1,
+   \"journal_bytes_reclaimed\": 65536, \"segments\": 1, \"bytes_on_disk\": 1024,
    \"live_bytes\": 1024, \"elapsed_ms\": 3}
 
 Examples:
@@ -56,6 +59,8 @@ pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
             "segments_rewritten": report.segments_rewritten,
             "segments_dropped": report.segments_dropped,
             "retention_lost": report.retention_lost,
+            "journals_checkpointed": report.journals_checkpointed,
+            "journal_bytes_reclaimed": report.journal_bytes_reclaimed,
             "segments": report.segments,
             "bytes_on_disk": report.bytes_on_disk,
             "live_bytes": report.live_bytes,
@@ -71,6 +76,13 @@ pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
         output::count(report.segments_rewritten),
         output::count(report.segments_dropped),
     );
+    if report.journals_checkpointed > 0 {
+        println!(
+            "reclaimed {} of group journals: {} replaced by a checkpoint",
+            output::bytes(report.journal_bytes_reclaimed),
+            output::plural(report.journals_checkpointed, "journal"),
+        );
+    }
     println!(
         "now {}, {} on disk, {} of it live; took {}",
         output::plural(report.segments, "segment"),

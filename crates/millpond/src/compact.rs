@@ -52,8 +52,13 @@ pub struct CompactReport {
     /// Sealed segments left alone because live frames in them fail their
     /// check (run `millpond verify` and `repair`).
     pub segments_damaged: u64,
-    /// Bytes given back.
+    /// Bytes of segment files given back.
     pub bytes_reclaimed: u64,
+    /// Group journals replaced by a checkpoint because they held at least
+    /// 16 KiB of records.
+    pub journals_checkpointed: u64,
+    /// Bytes of group journals given back by those checkpoints.
+    pub journal_bytes_reclaimed: u64,
     /// Messages retention dropped before some group finished them (summed
     /// over groups).
     pub retention_lost: u64,
@@ -82,6 +87,8 @@ impl CompactReport {
         self.segments_dropped += other.segments_dropped;
         self.segments_damaged += other.segments_damaged;
         self.bytes_reclaimed += other.bytes_reclaimed;
+        self.journals_checkpointed += other.journals_checkpointed;
+        self.journal_bytes_reclaimed += other.journal_bytes_reclaimed;
         self.retention_lost += other.retention_lost;
         self.duration += other.duration;
         self.longest_hold = self.longest_hold.max(other.longest_hold);
@@ -134,6 +141,11 @@ fn held<T>(report: &mut CompactReport, f: impl FnOnce() -> T) -> T {
 /// `segment_bytes_max`, if less) whose messages are all finished is rolled
 /// by a pass, so the pass can delete it.
 const ROLL_FINISHED_ACTIVE_BYTES: u64 = 1 << 20;
+
+/// A group journal at least this long is replaced by a checkpoint in a
+/// pass (a journal is otherwise checkpointed at `checkpoint_journal_bytes`,
+/// 4 MiB by default, which a quiet group may never reach).
+const CHECKPOINT_JOURNAL_BYTES: u64 = 16 << 10;
 
 /// One pass over one queue. `groups` is every group of the queue, held
 /// locked by the caller against creation.
@@ -256,6 +268,18 @@ pub(crate) fn compact_queue(
         measured.insert(seg.first_id, (live.len(), copy.live_bytes));
         report.segments_rewritten += 1;
         report.bytes_reclaimed += seg.bytes.saturating_sub(new_bytes);
+    }
+
+    // 4. Journals: the records of finished messages, given back by a
+    // checkpoint (which holds only what is still tracked).
+    for g in groups {
+        let freed = held(&mut report, || {
+            g.checkpoint_journal(CHECKPOINT_JOURNAL_BYTES)
+        })?;
+        if freed > 0 {
+            report.journals_checkpointed += 1;
+            report.journal_bytes_reclaimed += freed;
+        }
     }
 
     // Sizes after the pass.

@@ -730,6 +730,30 @@ impl GroupInner {
         Ok(())
     }
 
+    /// A checkpoint for the compactor, when the journal holds at least
+    /// `min_bytes`: the records of finished messages are space like their
+    /// frames, and a queue that went quiet would otherwise keep up to
+    /// `checkpoint_journal_bytes` of them for good. Returns the length of
+    /// the journal given back (0 when below `min_bytes`, or when another
+    /// checkpoint is being written).
+    pub fn checkpoint_journal(&self, min_bytes: u64) -> Result<u64> {
+        let mut live = self.lock()?;
+        let (_, len) = self.journal.position();
+        if len < min_bytes {
+            return Ok(0);
+        }
+        let held = match self.checkpointing.try_lock() {
+            Ok(held) => held,
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(0),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        let (seq, bytes) = self.rotate_locked(&mut live)?;
+        drop(live);
+        self.write_checkpoint(seq, &bytes)?;
+        drop(held);
+        Ok(len)
+    }
+
     /// Rotates the journal (its records durable first) and encodes a
     /// checkpoint of the state as of the rotation, naming the new journal.
     /// The caller holds `checkpointing`.
