@@ -94,11 +94,7 @@ impl Log {
         let mut out = Vec::with_capacity(segs.len().saturating_sub(1));
         for pair in segs.windows(2) {
             let (first_id, seg) = &pair[0];
-            let (bytes, _) = seg.extent(
-                &*self.fs,
-                self.opts.frame_payload_max,
-                self.opts.index_interval,
-            )?;
+            let bytes = seg.byte_len(&*self.fs)?;
             out.push(SealedRange {
                 first_id: *first_id,
                 end_id: pair[1].0,

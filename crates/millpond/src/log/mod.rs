@@ -245,11 +245,7 @@ impl Log {
         let mut total = 0;
         let last = segs.len().saturating_sub(1);
         for (i, s) in segs.into_iter().enumerate() {
-            let (len, _) = s.extent(
-                &*self.fs,
-                self.opts.frame_payload_max,
-                self.opts.index_interval,
-            )?;
+            let len = s.byte_len(&*self.fs)?;
             // The active segment's file also holds the zeros written ahead.
             total += if i == last {
                 len.max(self.file_end.load(Ordering::Relaxed))

@@ -160,6 +160,49 @@ impl SegmentFile {
         Ok((inner.len, inner.next_id))
     }
 
+    /// Length in bytes, without loading a sealed segment: `extent`'s
+    /// length once loaded, else the file's length (a sealed file is never
+    /// written again). Sizing every sealed segment (a compaction pass,
+    /// `Log::bytes_on_disk`) so maps no segment and no index: a process
+    /// that only pushes keeps none of them resident.
+    pub fn byte_len(&self, fs: &dyn Fs) -> Result<u64> {
+        {
+            let inner = self.inner.read().expect("segment lock");
+            if inner.loaded {
+                return Ok(inner.len);
+            }
+        }
+        self.open_file(fs)?.len().ctx("size segment", &self.path)
+    }
+
+    /// An index file's bytes, read into memory for their check; `None`
+    /// when the file is longer than any index of a segment of
+    /// `segment_len` bytes could be (one entry per frame at most), which
+    /// makes it invalid without reading it.
+    fn read_index(&self, f: &dyn FsFile, segment_len: u64) -> Result<Option<Vec<u8>>> {
+        let len = f.len().ctx("size index", &self.index_path)?;
+        let most = (index::HEADER_LEN + index::ENTRY_LEN) as u64
+            + index::ENTRY_LEN as u64 * (segment_len / frame::HEADER_LEN as u64);
+        if len > most {
+            return Ok(None);
+        }
+        let mut buf = vec![0; len as usize];
+        f.read_exact_at(&mut buf, 0)
+            .ctx("read index", &self.index_path)?;
+        Ok(Some(buf))
+    }
+
+    /// The segment's file, opened on first use.
+    fn open_file(&self, fs: &dyn Fs) -> Result<Arc<dyn FsFile>> {
+        if let Some(f) = self.file.get() {
+            return Ok(f.clone());
+        }
+        let f = fs
+            .open(&self.path, OpenMode::Read)
+            .ctx("open segment", &self.path)?;
+        Ok(self.file.get_or_init(|| f).clone())
+    }
+
     /// A priority no message in the segment is below (loading a sealed
     /// segment if needed): `u32::MAX` when it has none, 0 when its index
     /// file predates the field.
@@ -178,27 +221,29 @@ impl SegmentFile {
         if inner.loaded {
             return Ok(());
         }
-        let file = match self.file.get() {
-            Some(f) => f.clone(),
-            None => {
-                let f = fs
-                    .open(&self.path, OpenMode::Read)
-                    .ctx("open segment", &self.path)?;
-                self.file.get_or_init(|| f).clone()
-            }
-        };
+        let file = self.open_file(fs)?;
         let map = Arc::new(file.map().ctx("map segment", &self.path)?);
         check_header(&self.path, &map, self.first_id)?;
         let len = map.len() as u64;
         let from_file = match fs.open(&self.index_path, OpenMode::Read) {
             Ok(f) => {
-                let bytes = f.map().ctx("map index", &self.index_path)?;
-                match index::decode(&bytes) {
-                    Ok(meta) if meta.first_id == self.first_id && meta.covered_bytes == len => {
-                        Some((meta, SparseIndex::Mapped(Arc::new(bytes))))
+                let checked = self.read_index(&*f, len)?;
+                match checked.as_deref().map(index::decode) {
+                    Some(Ok(meta))
+                        if meta.first_id == self.first_id && meta.covered_bytes == len =>
+                    {
+                        // Checked from a copy, then mapped: the check reads
+                        // every entry, and through the map they would all
+                        // stay resident as long as the segment is loaded
+                        // (256 KiB per full segment), where a lookup
+                        // touches a few pages. Index files are replaced,
+                        // never rewritten, so the map shows the same bytes.
+                        let bytes = f.map().ctx("map index", &self.index_path)?;
+                        (bytes.len() == checked.map_or(0, |c| c.len()))
+                            .then(|| (meta, SparseIndex::Mapped(Arc::new(bytes))))
                     }
-                    Ok(_) | Err(IndexError::Invalid(_)) => None,
-                    Err(IndexError::Version(found)) => {
+                    None | Some(Ok(_) | Err(IndexError::Invalid(_))) => None,
+                    Some(Err(IndexError::Version(found))) => {
                         return Err(Error::UnsupportedVersion {
                             path: self.index_path.clone(),
                             found,
