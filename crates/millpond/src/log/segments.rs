@@ -223,8 +223,15 @@ impl SegmentFile {
         }
         let file = self.open_file(fs)?;
         let map = Arc::new(file.map().ctx("map segment", &self.path)?);
-        check_header(&self.path, &map, self.first_id)?;
         let len = map.len() as u64;
+        // The header is read, not looked at through the map: touching the
+        // map would bring its first pages (the kernel maps up to 64 KiB
+        // around a fault) into the process's RSS for every sealed segment
+        // a priority scan loads, where only the ones read need any.
+        let mut header = vec![0; (segment::HEADER_LEN as usize).min(map.len())];
+        file.read_exact_at(&mut header, 0)
+            .ctx("read segment header", &self.path)?;
+        check_header(&self.path, &header, self.first_id)?;
         let from_file = match fs.open(&self.index_path, OpenMode::Read) {
             Ok(f) => {
                 let checked = self.read_index(&*f, len)?;
