@@ -197,6 +197,34 @@ fn only_sync_preallocates() {
     }
 }
 
+/// A round of 128 KiB or more extends the file with its frames only: the
+/// zeros would cost as much device bandwidth as the frames, for one size
+/// commit saved. A small round after it preallocates again.
+#[test]
+fn large_rounds_write_no_zeros_ahead() {
+    on_each_fs(|fs, path| {
+        let options = Options::default()
+            .fs(fs.clone())
+            .compact_interval(None)
+            .durability(Durability::Sync);
+        let store = Store::open(&path, options).unwrap();
+        let q = store.queue("q").unwrap();
+        let batch: Vec<Vec<u8>> = (0..64).map(|i| payload(i, 4096)).collect();
+        for round in 0..3 {
+            q.push_batch(&batch).unwrap();
+            let (seg, len) = segments(&*fs, &path).remove(0);
+            assert_eq!(len, frames_end(&*fs, &seg), "round {round}");
+        }
+        q.push(msg(1)).unwrap();
+        let (seg, len) = segments(&*fs, &path).remove(0);
+        let end = frames_end(&*fs, &seg);
+        assert!(
+            len >= end + (64 << 10) - 4096,
+            "file {len}, frames end at {end}"
+        );
+    });
+}
+
 #[test]
 fn sealed_segments_end_at_their_last_frame() {
     on_each_fs(|fs, path| {

@@ -131,6 +131,14 @@ pub(crate) fn now_ms() -> u64 {
 /// ~300 us to push again.
 const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(300);
 
+/// A round that writes at least this much to a segment extends the file
+/// with its frames only, no zeros ahead. Zeros cost device bandwidth in
+/// proportion to the frames they make room for, and save one size commit
+/// per fsync: worth it for small rounds, a loss for large ones (4 KiB
+/// messages in `Sync` batches of 64 went from about 150k to 115k
+/// messages/s with zeros ahead of every 256 KiB round).
+const PREALLOCATE_WRITE_MAX: usize = 128 << 10;
+
 /// The condvar slot of a flush round.
 fn parity(round: u64) -> usize {
     (round % 2) as usize
@@ -408,13 +416,19 @@ impl Log {
                 .ctx("write segment", &seg.path)?;
             let end = chunk.start_pos + chunk.bytes.len() as u64;
             if end > self.file_end.load(Ordering::Relaxed) {
-                // Zeros ahead, never past the segment size limit: they reach
-                // the disk with this round's fsync, and later rounds then
-                // overwrite allocated blocks, with no file size to commit.
-                let limit = self.opts.segment_bytes_max.max(end);
-                let target = preallocate_target(end, self.opts.preallocate_bytes, limit);
-                crate::fs::write_zeros(&**file, end, target)
-                    .ctx("preallocate segment", &seg.path)?;
+                let target = if chunk.bytes.len() < PREALLOCATE_WRITE_MAX {
+                    // Zeros ahead, never past the segment size limit: they
+                    // reach the disk with this round's fsync, and later
+                    // rounds then overwrite allocated blocks, with no file
+                    // size to commit.
+                    let limit = self.opts.segment_bytes_max.max(end);
+                    let target = preallocate_target(end, self.opts.preallocate_bytes, limit);
+                    crate::fs::write_zeros(&**file, end, target)
+                        .ctx("preallocate segment", &seg.path)?;
+                    target
+                } else {
+                    end
+                };
                 self.file_end.store(target, Ordering::Relaxed);
             }
             seg.advance(
