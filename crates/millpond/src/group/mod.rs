@@ -268,6 +268,25 @@ pub(crate) struct GroupInner {
     recovery: GroupRecovery,
 }
 
+/// The key of the frame `GroupInner::peek_fresh` found (and left in
+/// `Live::pending`).
+#[derive(Debug, Clone, Copy)]
+struct Fresh {
+    id: u64,
+    priority: u32,
+    timestamp_ms: u64,
+}
+
+impl Fresh {
+    fn of(f: &StoredFrame) -> Fresh {
+        Fresh {
+            id: f.id,
+            priority: f.attrs.priority,
+            timestamp_ms: f.timestamp_ms,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Live {
     state: GroupState,
@@ -577,7 +596,10 @@ impl GroupInner {
     /// the scan passes on the way, delayed or at another priority, are set
     /// aside into the tracked state. A queue whose messages share one
     /// priority so costs no memory per message, whatever that priority is.
-    fn peek_fresh(&self, live: &mut Live, now: u64) -> Result<Option<StoredFrame>> {
+    ///
+    /// The frame stays in `live.pending` (a reserve takes it from there);
+    /// the caller gets its key, not a copy of its payload.
+    fn peek_fresh(&self, live: &mut Live, now: u64) -> Result<Option<Fresh>> {
         let mut floor = self.log.priority_floor(live.state.cursor, &mut live.floor);
         loop {
             if let Some(f) = live.pending.take() {
@@ -585,8 +607,9 @@ impl GroupInner {
                     floor = self.log.priority_floor(f.id, &mut live.floor);
                 }
                 if f.attrs.priority == floor {
-                    live.pending = Some(f.clone());
-                    return Ok(Some(f));
+                    let key = Fresh::of(&f);
+                    live.pending = Some(f);
+                    return Ok(Some(key));
                 }
                 // A message with a lower priority arrived behind it: it
                 // is no longer first in (priority, id) order.
@@ -625,8 +648,9 @@ impl GroupInner {
                 live.state.cursor = f.id + 1;
                 continue;
             }
-            live.pending = Some(f.clone());
-            return Ok(Some(f));
+            let key = Fresh::of(&f);
+            live.pending = Some(f);
+            return Ok(Some(key));
         }
     }
 
@@ -639,7 +663,7 @@ impl GroupInner {
             let fresh = self.peek_fresh(live, now)?;
             let tracked = live.state.best_ready();
             let take_tracked = match (&tracked, &fresh) {
-                (Some(t), Some(f)) => *t < (f.attrs.priority, f.id),
+                (Some(t), Some(f)) => *t < (f.priority, f.id),
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => return Ok(None),
@@ -1212,7 +1236,7 @@ impl GroupInner {
         let fresh = self.peek_fresh(&mut live, now)?;
         let tracked = live.state.best_ready();
         match (tracked, fresh) {
-            (Some((p, tid)), Some(f)) if (p, tid) < (f.attrs.priority, f.id) => {
+            (Some((p, tid)), Some(f)) if (p, tid) < (f.priority, f.id) => {
                 self.peeked(tid, live.state.entry(tid))
             }
             (_, Some(f)) => self.peeked(f.id, None),
