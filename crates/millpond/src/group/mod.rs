@@ -1313,10 +1313,7 @@ impl GroupInner {
         self.tick(&mut live, now)?;
         // The scan first: it sets aside delayed messages ahead of the
         // first ready fresh one, so they count as delayed.
-        let oldest = match self.peek_fresh(&mut live, now)? {
-            Some(f) => Some(f.timestamp_ms),
-            None => None,
-        };
+        let oldest = self.peek_fresh(&mut live, now)?.map(|f| f.timestamp_ms);
         let (ready, reserved, delayed, buried) = live.state.counts();
         let next_id = self.log.next_id();
         let unscanned = next_id.saturating_sub(live.state.cursor);
