@@ -657,6 +657,11 @@ impl GroupInner {
     fn reserve_locked(&self, live: &mut Live, lease: u64) -> Result<Option<(Delivery, u64)>> {
         let now = self.clock.now_ms();
         self.tick(live, now)?;
+        self.reserve_at(live, lease, now)
+    }
+
+    /// A reserve at `now`, with the state already ticked to it.
+    fn reserve_at(&self, live: &mut Live, lease: u64, now: u64) -> Result<Option<(Delivery, u64)>> {
         loop {
             // The fresh scan may set aside messages into the tracked
             // state, so it runs first.
@@ -827,10 +832,14 @@ impl GroupInner {
     pub fn reserve_batch(&self, n: usize, lease: Duration) -> Result<Vec<Delivery>> {
         let lease = lease_ms(lease)?;
         let mut live = self.lock()?;
-        let mut out = Vec::new();
+        // One clock reading and one tick for the batch: its deliveries
+        // share a deadline.
+        let now = self.clock.now_ms();
+        self.tick(&mut live, now)?;
+        let mut out = Vec::with_capacity(n.min(4096));
         let mut last = None;
         while out.len() < n {
-            match self.reserve_locked(&mut live, lease) {
+            match self.reserve_at(&mut live, lease, now) {
                 Ok(Some((d, t))) => {
                     out.push(d);
                     last = Some(t);

@@ -207,6 +207,14 @@ impl SegmentFile {
     /// segment if needed): `u32::MAX` when it has none, 0 when its index
     /// file predates the field.
     pub fn priority_floor(&self, fs: &dyn Fs, payload_len_max: u32, interval: u64) -> Result<u32> {
+        {
+            // One lock when loaded (the active segment always is): a
+            // group asks for every message it reserves.
+            let inner = self.inner.read().expect("segment lock");
+            if inner.loaded {
+                return Ok(inner.priority_floor);
+            }
+        }
         self.load(fs, payload_len_max, interval)?;
         Ok(self.inner.read().expect("segment lock").priority_floor)
     }
