@@ -207,6 +207,45 @@ impl Journal {
         })
     }
 
+    /// Opens journal `seq`, durable already and holding no record (its
+    /// header, then nothing or zeros), to append after its header.
+    pub fn reopen_empty(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        seq: u64,
+        preallocate: u64,
+    ) -> Result<Journal> {
+        let path = dir.join(file_name(seq));
+        let file = fs
+            .open(&path, OpenMode::ReadWrite)
+            .ctx("open journal", &path)?;
+        let file_end = file.len().ctx("size journal", &path)?.max(HEADER_LEN);
+        Ok(Journal {
+            dir: dir.to_owned(),
+            fs,
+            st: Mutex::new(JState {
+                file,
+                path,
+                seq,
+                len: HEADER_LEN,
+                file_end,
+                preallocate,
+                buf: Vec::new(),
+                appended: 0,
+                written: 0,
+                durable: 0,
+                syncing: false,
+                gathering: false,
+                sync_waiting: 0,
+                sync_expected: 0,
+                waiters: Vec::new(),
+                next_token: 0,
+                poisoned: None,
+            }),
+            gathered: Condvar::new(),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, JState> {
         self.st.lock().expect("journal lock")
     }

@@ -201,6 +201,11 @@ pub struct GroupRecovery {
     pub journal_bytes_torn: u64,
     /// Leases live at the crash, returned to ready with the attempt counted.
     pub leases_released: u64,
+    /// The checkpoint on disk already held the recovered state and its
+    /// journal no record, so the open wrote nothing: it goes on appending
+    /// to that journal (an idle group reopened after a crash). Otherwise
+    /// the open writes a fresh journal and a checkpoint naming it.
+    pub kept_state_files: bool,
     /// Time taken.
     pub duration: Duration,
 }
@@ -358,10 +363,12 @@ impl GroupInner {
         journals.sort_unstable();
         let now = clock.now_ms();
         let mut report = GroupRecovery::default();
+        let mut ckpt_bytes = None;
         let (mut state, from_seq) = match fs.open(&ckpt_path, fs::OpenMode::Read) {
             Ok(f) => {
                 let bytes = f.map().ctx("read checkpoint", &ckpt_path)?;
                 let c = checkpoint::decode(&ckpt_path, &bytes)?;
+                ckpt_bytes = Some(bytes.to_vec());
                 (c.state, c.journal_seq)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -374,6 +381,9 @@ impl GroupInner {
             Err(e) => return Err(Error::io("open checkpoint", &ckpt_path, e)),
         };
         let log_end = log.next_id();
+        // Whether the checkpoint's own journal holds nothing: no record,
+        // no torn bytes.
+        let mut empty_journal = false;
         for &seq in journals.iter().filter(|&&s| s >= from_seq) {
             let path = dir.join(journal::file_name(seq));
             let bytes = fs
@@ -381,6 +391,11 @@ impl GroupInner {
                 .and_then(|f| f.map())
                 .ctx("read journal", &path)?;
             let replay = journal::read(&path, &bytes, seq)?;
+            if seq == from_seq {
+                empty_journal = replay.records.is_empty()
+                    && replay.torn_bytes == 0
+                    && replay.end == journal::HEADER_LEN;
+            }
             report.journal_bytes_torn += replay.torn_bytes;
             for rec in replay.records {
                 if replay_record(&mut state, rec, &log, log_end, now)? {
@@ -424,10 +439,26 @@ impl GroupInner {
             .preallocate_bytes
             .min(JOURNAL_PREALLOCATE_MAX)
             .min(opts.checkpoint_journal_bytes.max(4096));
-        let journal = Journal::create(fs.clone(), &dir, seq, preallocate)?;
-        fs::write_atomic(&*fs, &ckpt_path, &checkpoint::encode(seq, &state))
-            .ctx("write checkpoint", &ckpt_path)?;
-        remove_journals_below(&*fs, &dir, &journals, seq)?;
+        // Unless what is on disk already says exactly this: the same
+        // checkpoint (it records an open, not a clean close) naming a
+        // journal with nothing in it, and no other journal. Then there is
+        // nothing to write, and an idle group reopened after a crash costs
+        // no fsync (a server with many idle tubes restarts without two
+        // file creations, five fsyncs and a rename per tube).
+        let (journal, seq) = if empty_journal
+            && journals == [from_seq]
+            && ckpt_bytes.as_deref() == Some(&checkpoint::encode(from_seq, &state)[..])
+        {
+            report.kept_state_files = true;
+            let journal = Journal::reopen_empty(fs.clone(), &dir, from_seq, preallocate)?;
+            (journal, from_seq)
+        } else {
+            let journal = Journal::create(fs.clone(), &dir, seq, preallocate)?;
+            fs::write_atomic(&*fs, &ckpt_path, &checkpoint::encode(seq, &state))
+                .ctx("write checkpoint", &ckpt_path)?;
+            remove_journals_below(&*fs, &dir, &journals, seq)?;
+            (journal, seq)
+        };
         report.duration = started.elapsed();
         let fresh = log.reader(state.cursor);
         let group = Arc::new(GroupInner {
