@@ -94,7 +94,7 @@ impl Plan {
                 run: Duration::from_secs(2),
                 repeats: 2,
                 producers: vec![1, 4, 16, 64],
-                drain_messages: 2_000_000,
+                drain_messages: 10_000_000,
                 rss_depths: vec![10_000, 100_000, 1_000_000, 10_000_000],
                 disk_messages: 1_500_000,
                 reopen_bytes: 1 << 30,
@@ -110,6 +110,7 @@ const USAGE: &str = "usage: cargo bench --bench compare -- [--quick] [--only a,b
   --only      run only these workloads (letters of docs/benchmarks.md)
   --systems   run only these configurations (system/class)
   --charts    also write the SVG charts into DIR
+  --drain N   backlog of (e), in messages (default 10000000; 200000 with --quick)
 environment: MILLPOND_PREALLOCATE_BYTES sets Options::preallocate_bytes for millpond";
 
 fn main() {
@@ -121,6 +122,7 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let mut charts_dir = None;
     let mut only: Option<Vec<String>> = None;
+    let mut drain_n = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -138,6 +140,13 @@ fn main() {
                     .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
             }
             "--quick" => {}
+            "--drain" => match it.next().and_then(|v| v.parse::<u64>().ok()) {
+                Some(n) if n > 0 => drain_n = Some(n),
+                _ => {
+                    eprintln!("compare: --drain needs a message count above 0\n{USAGE}");
+                    std::process::exit(2);
+                }
+            },
             // `cargo bench` passes `--bench` to every bench binary.
             "--bench" => {}
             "--help" | "-h" => {
@@ -151,7 +160,10 @@ fn main() {
         }
     }
     let wanted = |w: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == w));
-    let plan = Plan::new(quick);
+    let mut plan = Plan::new(quick);
+    if let Some(n) = drain_n {
+        plan.drain_messages = n;
+    }
     let started = Instant::now();
     println!(
         "compare: {} run, {} ms per timed run",
