@@ -52,6 +52,14 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
 
+    /// How far ahead of its writes each tube's log (and each journal, at
+    /// most 256 KiB) is extended with zeros under `--durability sync`, so
+    /// an fsync commits no file size; 0 turns it off. A tube's file holds
+    /// at least 64 KiB of zeros while it is open.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u64).range(0..=(1 << 30)))]
+    pub preallocate_bytes: u64,
+
     /// Threads serving connections (default: one per CPU core).
     #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
     pub threads: usize,
@@ -67,6 +75,7 @@ pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
         .durability(args.durability)
         // Each stored job carries the server's header before its body.
         .message_bytes_max(args.max_job_size + millpond_server::JOB_HEADER_BYTES as u32)
+        .preallocate_bytes(args.preallocate_bytes)
         .compact_interval(Some(Duration::from_secs(5)));
     let store = Store::open(&global.store, options)?;
     let config = millpond_server::Config {

@@ -117,3 +117,38 @@ fn rss_kib(server: &Server) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/<pid>/status")
 }
+
+/// Bytes of the segment files of tube `tube` in `store`.
+fn tube_segment_bytes(store: &std::path::Path, tube: &str) -> u64 {
+    std::fs::read_dir(store.join("queues").join(tube))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// Under `sync` a tube's log runs 64 KiB of zeros ahead of its jobs;
+/// `--preallocate-bytes 0` keeps only the jobs.
+#[test]
+fn preallocate_bytes_zero_keeps_only_the_jobs() {
+    for (flag, small) in [(None, false), (Some("0"), true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let mut args = vec!["--durability", "sync"];
+        if let Some(v) = flag {
+            args.extend(["--preallocate-bytes", v]);
+        }
+        let server = Server::start(&store, &args);
+        let mut conn = server.connect();
+        let id = conn.put(0, 0, 60, b"one job");
+        // Tube `default` is queue `bt.default` (docs/beanstalkd-compat.md).
+        let bytes = tube_segment_bytes(&store, "bt.default");
+        if small {
+            assert!(bytes < 4096, "{flag:?}: {bytes} bytes");
+        } else {
+            assert!(bytes >= 64 << 10, "{flag:?}: {bytes} bytes");
+        }
+        assert_eq!(conn.reserve(0), (id, b"one job".to_vec()));
+    }
+}
