@@ -5,11 +5,12 @@
 //! equal durability. Prints figures, no criterion (`harness = false`).
 //!
 //! ```text
-//! cargo bench --bench compare                      # full run, ~15 min
+//! cargo bench --bench compare                      # full run, ~8 min here
 //! cargo bench --bench compare -- --quick           # smaller sizes, < 2 min
 //! cargo bench --bench compare -- --charts docs/img # also write the SVG charts
 //! cargo bench --bench compare -- --only a,b,h      # some workloads only
 //! cargo bench --bench compare -- --systems millpond/sync,sqlite/sync
+//! cargo bench --bench compare -- --only e --drain 2000000 # a smaller backlog
 //! ```
 //!
 //! Workloads (letters as in the issue): (a) push 100 B, one producer;
