@@ -181,30 +181,15 @@ impl Journal {
     /// `preallocate` bytes ahead of the records (0: never).
     pub fn create(fs: Arc<dyn Fs>, dir: &Path, seq: u64, preallocate: u64) -> Result<Journal> {
         let (file, path) = create_file(&*fs, dir, seq)?;
-        Ok(Journal {
-            dir: dir.to_owned(),
+        Ok(Journal::over(
             fs,
-            st: Mutex::new(JState {
-                file,
-                path,
-                seq,
-                len: HEADER_LEN,
-                file_end: HEADER_LEN,
-                preallocate,
-                buf: Vec::new(),
-                appended: 0,
-                written: 0,
-                durable: 0,
-                syncing: false,
-                gathering: false,
-                sync_waiting: 0,
-                sync_expected: 0,
-                waiters: Vec::new(),
-                next_token: 0,
-                poisoned: None,
-            }),
-            gathered: Condvar::new(),
-        })
+            dir,
+            file,
+            path,
+            seq,
+            HEADER_LEN,
+            preallocate,
+        ))
     }
 
     /// Opens journal `seq`, durable already and holding no record (its
@@ -220,7 +205,29 @@ impl Journal {
             .open(&path, OpenMode::ReadWrite)
             .ctx("open journal", &path)?;
         let file_end = file.len().ctx("size journal", &path)?.max(HEADER_LEN);
-        Ok(Journal {
+        Ok(Journal::over(
+            fs,
+            dir,
+            file,
+            path,
+            seq,
+            file_end,
+            preallocate,
+        ))
+    }
+
+    /// A journal appending after the header of `file`, which is `file_end`
+    /// bytes long.
+    fn over(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        file: Arc<dyn FsFile>,
+        path: PathBuf,
+        seq: u64,
+        file_end: u64,
+        preallocate: u64,
+    ) -> Journal {
+        Journal {
             dir: dir.to_owned(),
             fs,
             st: Mutex::new(JState {
@@ -243,7 +250,7 @@ impl Journal {
                 poisoned: None,
             }),
             gathered: Condvar::new(),
-        })
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, JState> {
