@@ -126,7 +126,7 @@ fn a_damaged_index_is_reported_and_removed() {
     );
     assert!(
         out.stdout
-            .contains("at offset 0: index file checksum mismatch"),
+            .contains("at offset 0: index file header checksum mismatch"),
         "{}",
         out.stdout
     );

@@ -133,29 +133,42 @@ enum IndexVerdict {
 }
 
 fn reference_index(b: &[u8]) -> IndexVerdict {
-    if b.len() < 48 || b[..8] != *b"MLPDIDX\0" {
+    if b.len() < 12 || b[..8] != *b"MLPDIDX\0" {
         return IndexVerdict::Invalid;
     }
-    let mut covered = b[..44].to_vec();
-    covered.extend_from_slice(&b[48..]);
-    if crc32(&covered) != le32(b, 44) {
-        return IndexVerdict::Invalid;
-    }
-    if le32(b, 8) > 1 {
-        return IndexVerdict::Version(le32(b, 8));
-    }
-    let count = le32(b, 12) as usize;
-    if b.len() != 48 + 16 * count {
-        return IndexVerdict::Invalid;
-    }
-    let meta = IndexMeta {
-        first_id: le64(b, 16),
-        covered_bytes: le64(b, 24),
-        next_id: le64(b, 32),
-        priority_floor: le32(b, 40),
+    // Version 1: one checksum at 44 over [0, 44) and the entries from 48.
+    // Anything else is laid out as version 2: a header checksum at 52 over
+    // [0, 52), checked before the version; an entries checksum at 44.
+    let (meta, count, at) = if le32(b, 8) == 1 {
+        if b.len() < 48 {
+            return IndexVerdict::Invalid;
+        }
+        let mut covered = b[..44].to_vec();
+        covered.extend_from_slice(&b[48..]);
+        if crc32(&covered) != le32(b, 44) {
+            return IndexVerdict::Invalid;
+        }
+        (index_meta(b), le32(b, 12) as u64, 48)
+    } else {
+        if b.len() < 56 || crc32(&b[..52]) != le32(b, 52) {
+            return IndexVerdict::Invalid;
+        }
+        if le32(b, 8) > 2 {
+            return IndexVerdict::Version(le32(b, 8));
+        }
+        if le32(b, 8) != 2 {
+            return IndexVerdict::Invalid;
+        }
+        (index_meta(b), le32(b, 12) as u64, 56)
     };
-    let entries: Vec<(u64, u64)> = (0..count)
-        .map(|i| (le64(b, 48 + 16 * i), le64(b, 56 + 16 * i)))
+    if b.len() as u64 != at as u64 + 16 * count {
+        return IndexVerdict::Invalid;
+    }
+    if at == 56 && crc32(&b[56..]) != le32(b, 44) {
+        return IndexVerdict::Invalid;
+    }
+    let entries: Vec<(u64, u64)> = (0..count as usize)
+        .map(|i| (le64(b, at + 16 * i), le64(b, at + 8 + 16 * i)))
         .collect();
     let inside = entries
         .iter()
@@ -170,6 +183,15 @@ fn reference_index(b: &[u8]) -> IndexVerdict {
     }
 }
 
+fn index_meta(b: &[u8]) -> IndexMeta {
+    IndexMeta {
+        first_id: le64(b, 16),
+        covered_bytes: le64(b, 24),
+        next_id: le64(b, 32),
+        priority_floor: le32(b, 40),
+    }
+}
+
 /// Index files: agree with the reference; a valid index re-encodes, and
 /// the sparse index over it (mapped or owned) finds the same floor entries
 /// as a linear search.
@@ -180,12 +202,18 @@ pub fn index_decode(data: &[u8]) {
         Err(IndexError::Version(v)) => IndexVerdict::Version(v),
     };
     assert_eq!(got, reference_index(data));
+    // The header alone, as a sealed segment's floor is read: it agrees
+    // with the whole file's check wherever that passes (version 2).
+    let header = index::decode_header(data);
     let IndexVerdict::Ok(meta) = got else { return };
-    let count = (data.len() - index::HEADER_LEN) / index::ENTRY_LEN;
+    if le32(data, 8) != 1 {
+        assert_eq!(header, Ok(meta), "a valid file's header reads alone");
+    }
+    let count = index::entry_count(data);
     let entries: Vec<(u64, u64)> = (0..count).map(|i| index::entry(data, i)).collect();
     let encoded = index::encode(&meta, &entries);
     assert_eq!(index::decode(&encoded), Ok(meta));
-    if le32(data, 8) == 1 {
+    if le32(data, 8) == index::VERSION && data[48..52] == [0; 4] {
         assert_eq!(encoded, data, "canonical index re-encodes differently");
     }
     let mapped = SparseIndex::Mapped(Arc::new(Mapped::owned(Arc::from(data))));

@@ -120,11 +120,20 @@ fn index_seeds() -> Vec<(&'static str, Vec<u8>)> {
         priority_floor: 0,
     };
     let mut version = index::encode(&meta(1, 32, 1), &[]);
-    version[8] = 2;
-    let mut covered = version[..44].to_vec();
-    covered.extend_from_slice(&version[48..]);
+    version[8] = 3;
+    let crc = crc32(&version[..52]);
+    version[52..56].copy_from_slice(&crc.to_le_bytes());
+    // A version 1 file (48-byte header, one checksum over header and
+    // entries), as builds before version 2 wrote them.
+    let v2 = index::encode(&meta(1, 4000, 40), &[(1, 32), (12, 1100)]);
+    let mut v1 = v2[..48].to_vec();
+    v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+    v1[44..48].copy_from_slice(&[0; 4]);
+    v1.extend_from_slice(&v2[56..]);
+    let mut covered = v1[..44].to_vec();
+    covered.extend_from_slice(&v1[48..]);
     let crc = crc32(&covered);
-    version[44..48].copy_from_slice(&crc.to_le_bytes());
+    v1[44..48].copy_from_slice(&crc.to_le_bytes());
     vec![
         ("empty", index::encode(&meta(1, 32, 1), &[])),
         (
@@ -136,6 +145,7 @@ fn index_seeds() -> Vec<(&'static str, Vec<u8>)> {
             index::encode(&meta(1000, 100, 1001), &[(1000, 32)]),
         ),
         ("newer_version", version),
+        ("version_1", v1),
     ]
 }
 

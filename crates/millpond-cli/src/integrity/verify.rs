@@ -593,13 +593,12 @@ pub fn check_index(
             ),
         );
     }
-    let count = (b.len() - index::HEADER_LEN) / index::ENTRY_LEN;
-    for i in 0..count {
+    for i in 0..index::entry_count(b) {
         let (id, position) = index::entry(b, i);
         if frames.binary_search(&(position, id)).is_err() {
             report.error(
                 path,
-                (index::HEADER_LEN + i * index::ENTRY_LEN) as u64,
+                (index::entries_offset(b) + i * index::ENTRY_LEN) as u64,
                 format!(
                     "index entry {i} points at id {id} at offset {position} of the segment, \
                      where no valid frame with that id starts ({rebuilt})"

@@ -162,12 +162,24 @@ fn zero_floors(fs: &MemFs, dir: &Path) -> usize {
         }
         let path = dir.join(&name);
         let f = fs.open(&path, OpenMode::ReadWrite).unwrap();
-        let mut bytes = f.map().unwrap().to_vec();
-        bytes[40..44].copy_from_slice(&[0; 4]);
+        let v2 = f.map().unwrap().to_vec();
+        assert_eq!(
+            &v2[8..12],
+            &2u32.to_le_bytes(),
+            "{name} is a version 2 index"
+        );
+        // Rewritten as the version 1 file a build from before the floor
+        // was kept would have left: the same header fields with floor 0,
+        // one checksum over the header and the entries.
+        let mut bytes = v2[..48].to_vec();
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        bytes[40..48].copy_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&v2[56..]);
         let mut h = crc32fast::Hasher::new();
         h.update(&bytes[..44]);
         h.update(&bytes[48..]);
         bytes[44..48].copy_from_slice(&h.finalize().to_le_bytes());
+        f.set_len(0).unwrap();
         f.write_all_at(&bytes, 0).unwrap();
         n += 1;
     }
@@ -264,4 +276,44 @@ fn delayed_message_behind_a_ready_priority_0_one_is_found_by_peek_and_kick() {
     let mut want: Vec<_> = ready.iter().map(|&id| (id, 0)).collect();
     want.push((delayed[0], 0));
     assert_eq!(got, want);
+}
+
+#[test]
+fn floor_in_a_damaged_index_header_is_not_believed() {
+    let fs = MemFs::new();
+    let (common, urgent, later) = {
+        let (store, q, _g) = open(&fs);
+        let common = push(&q, 400, COMMON);
+        let urgent = push(&q, 1, 5)[0];
+        let later = push(&q, 300, COMMON);
+        store.close().unwrap();
+        (common, urgent, later)
+    };
+    // The sealed segment holding the urgent message: its index claims
+    // floor 5. Make the header claim COMMON, checksum left as it was.
+    let dir = Path::new("/store/queues/q");
+    let mut firsts: Vec<u64> = fs
+        .list_dir(dir)
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.strip_suffix(".idx")?.parse().ok())
+        .collect();
+    firsts.sort_unstable();
+    let holder = *firsts.iter().rev().find(|&&f| f <= urgent).unwrap();
+    assert!(holder > firsts[0] && holder < *firsts.last().unwrap());
+    let path = dir.join(format!("{holder:020}.idx"));
+    let f = fs.open(&path, OpenMode::ReadWrite).unwrap();
+    let mut bytes = f.map().unwrap().to_vec();
+    assert_eq!(&bytes[40..44], &5u32.to_le_bytes(), "the floor field");
+    bytes[40..44].copy_from_slice(&COMMON.to_le_bytes());
+    f.write_all_at(&bytes, 0).unwrap();
+    drop(f);
+
+    // Believed, the scan would read the common messages at floor COMMON
+    // and meet the urgent one in id order, after 400 of them.
+    let (_store, _q, g) = open(&fs);
+    let (got, _) = drain(&g);
+    let mut want = vec![(urgent, 5)];
+    want.extend(common.iter().chain(&later).map(|&id| (id, COMMON)));
+    assert_eq!(got, want, "(priority, id) order");
 }

@@ -252,7 +252,7 @@ fn recover_tail(
                     start = meta.covered_bytes;
                     next_id = meta.next_id;
                     priority_floor = meta.priority_floor;
-                    entries = (0..(bytes.len() - index::HEADER_LEN) / index::ENTRY_LEN)
+                    entries = (0..index::entry_count(&bytes))
                         .map(|i| index::entry(&bytes, i))
                         .collect();
                 }

@@ -34,6 +34,9 @@ struct SegInner {
     /// No frame in the readable bytes has a lower priority (`u32::MAX`
     /// without frames). Known once loaded; kept through sealing.
     priority_floor: u32,
+    /// A sealed segment's floor as its index file's checked header states
+    /// it, read without loading the segment; `priority_floor` once loaded.
+    header_floor: Option<u32>,
     index: SparseIndex,
     map: Option<Arc<Mapped>>,
     damage: Vec<Damage>,
@@ -71,6 +74,7 @@ impl SegmentFile {
                 len: 0,
                 next_id: first_id,
                 priority_floor: 0,
+                header_floor: None,
                 index: SparseIndex::Owned(Vec::new()),
                 map: None,
                 damage: Vec::new(),
@@ -105,6 +109,7 @@ impl SegmentFile {
                 len,
                 next_id,
                 priority_floor,
+                header_floor: None,
                 index: SparseIndex::Owned(entries),
                 map: None,
                 damage,
@@ -203,9 +208,13 @@ impl SegmentFile {
         Ok(self.file.get_or_init(|| f).clone())
     }
 
-    /// A priority no message in the segment is below (loading a sealed
-    /// segment if needed): `u32::MAX` when it has none, 0 when its index
-    /// file predates the field.
+    /// A priority no message in the segment is below: `u32::MAX` when it
+    /// has none, 0 when its index file predates the field. A sealed
+    /// segment that is not loaded answers from its index file's header
+    /// (56 bytes, checked by their own checksum) when the header matches
+    /// the segment, and is loaded (index read whole, or rebuilt) only when
+    /// it does not: a group's first reserve after a restart asks for the
+    /// floor of every segment ahead of it.
     pub fn priority_floor(&self, fs: &dyn Fs, payload_len_max: u32, interval: u64) -> Result<u32> {
         {
             // One lock when loaded (the active segment always is): a
@@ -214,9 +223,43 @@ impl SegmentFile {
             if inner.loaded {
                 return Ok(inner.priority_floor);
             }
+            if let Some(floor) = inner.header_floor {
+                return Ok(floor);
+            }
+        }
+        if let Some(floor) = self.floor_from_index_header(fs)? {
+            self.inner.write().expect("segment lock").header_floor = Some(floor);
+            return Ok(floor);
         }
         self.load(fs, payload_len_max, interval)?;
         Ok(self.inner.read().expect("segment lock").priority_floor)
+    }
+
+    /// The floor a sealed segment's index file header states, if the
+    /// header passes its checksum, names this segment and covers the
+    /// whole file. `None` (load the segment instead) when the index is
+    /// missing, damaged, of version 1 (no header checksum), of a newer
+    /// version (loading reports it) or describes other bytes.
+    fn floor_from_index_header(&self, fs: &dyn Fs) -> Result<Option<u32>> {
+        let f = match fs.open(&self.index_path, OpenMode::Read) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open index", &self.index_path, e)),
+        };
+        if f.len().ctx("size index", &self.index_path)? < index::HEADER_LEN as u64 {
+            return Ok(None);
+        }
+        let mut header = [0u8; index::HEADER_LEN];
+        f.read_exact_at(&mut header, 0)
+            .ctx("read index header", &self.index_path)?;
+        let Ok(meta) = index::decode_header(&header) else {
+            return Ok(None);
+        };
+        let len = self.byte_len(fs)?;
+        Ok(
+            (meta.first_id == self.first_id && meta.covered_bytes == len)
+                .then_some(meta.priority_floor),
+        )
     }
 
     /// Loads a sealed segment's header and index, rebuilding the index from
