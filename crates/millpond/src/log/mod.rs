@@ -101,6 +101,12 @@ pub(crate) struct Log {
     /// written ahead of them (see `Options::preallocate_bytes`). Changed
     /// only by the holder of `io`; read without it for `bytes_on_disk`.
     file_end: AtomicU64,
+    /// Bytes written to the active segment since it was last fsynced.
+    /// Under `Buffered`, the writeback thread fsyncs it once this reaches
+    /// [`writer::WRITEBACK_BYTES`], so that rolling to the next segment
+    /// (which fsyncs the sealed one) does not stall a push for a whole
+    /// segment's writeback.
+    unsynced_bytes: AtomicU64,
     recovery: QueueRecovery,
 }
 

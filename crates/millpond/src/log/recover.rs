@@ -21,7 +21,7 @@ use super::writer::{WriterIo, WriterState};
 use super::{Log, LogOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{Fs, FsFile, OpenMode};
-use crate::options::RecoveryMode;
+use crate::options::{Durability, RecoveryMode};
 
 /// What opening one queue found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,6 +162,7 @@ impl Log {
             buffered_floor: AtomicU32::new(u32::MAX),
             writing_floor: AtomicU32::new(u32::MAX),
             file_end: AtomicU64::new(tail.file_len),
+            unsynced_bytes: AtomicU64::new(0),
             recovery: report,
         });
         if log.interval().is_some() {
@@ -170,6 +171,12 @@ impl Log {
                 .name(format!("millpond-fsync-{name}"))
                 .spawn(move || timer.run_timer())
                 .map_err(|e| Error::io("spawn fsync timer for", &log.dir, e))?;
+        } else if log.opts.durability == Durability::Buffered {
+            let writeback = log.clone();
+            std::thread::Builder::new()
+                .name(format!("millpond-writeback-{name}"))
+                .spawn(move || writeback.run_writeback())
+                .map_err(|e| Error::io("spawn writeback thread for", &log.dir, e))?;
         }
         Ok(log)
     }

@@ -139,6 +139,14 @@ const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(300);
 /// messages/s with zeros ahead of every 256 KiB round).
 const PREALLOCATE_WRITE_MAX: usize = 128 << 10;
 
+/// Under `Buffered`, the writeback thread fsyncs the active segment once
+/// this many bytes were written to it since its last fsync. Sealing a
+/// segment fsyncs it, and the push that rolls to the next segment waits
+/// for that: with nothing synced before, for the writeback of up to a
+/// whole segment (64 MiB). The kernel's own writeback starts only past
+/// `dirty_background_ratio` (10% of memory) or after 30 s.
+pub(crate) const WRITEBACK_BYTES: u64 = 8 << 20;
+
 /// The condvar slot of a flush round.
 fn parity(round: u64) -> usize {
     (round % 2) as usize
@@ -405,10 +413,14 @@ impl Log {
 
     fn write_chunks(&self, chunks: Vec<Chunk>, sync: bool) -> Result<()> {
         let mut io = self.io.lock().expect("io lock");
+        // Bytes this round writes to the segment that is active at its end.
+        let mut written = 0;
         for chunk in chunks {
             if chunk.new_segment {
                 self.roll(&mut io, chunk.segment_first_id)?;
+                written = 0;
             }
+            written += chunk.bytes.len() as u64;
             let seg = &io.active;
             debug_assert_eq!(seg.first_id, chunk.segment_first_id);
             let file = seg.file().expect("active segment is open");
@@ -444,6 +456,15 @@ impl Log {
                 .expect("active segment is open")
                 .sync_data()
                 .ctx("fsync segment", &seg.path)?;
+            self.unsynced_bytes.store(0, Ordering::Relaxed);
+        } else if self.unsynced_bytes.fetch_add(written, Ordering::Relaxed) + written
+            >= WRITEBACK_BYTES
+            && self.opts.durability == Durability::Buffered
+        {
+            // The writeback thread checks under the writer lock, which is
+            // not held here: a wake-up it misses comes again with the
+            // next round, the count still past the bound.
+            self.timer_wake.notify_all();
         }
         Ok(())
     }
@@ -502,6 +523,9 @@ impl Log {
             .insert(first_id, seg.clone());
         io.active = seg;
         self.file_end.store(segment::HEADER_LEN, Ordering::Relaxed);
+        // The sealed segment was fsynced; what the round writes next
+        // counts toward the new one.
+        self.unsynced_bytes.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -643,6 +667,49 @@ impl Log {
                 .ctx("fsync segment", &seg.path)?;
         }
         self.write_index(&io.active)
+    }
+
+    /// The body of the `Buffered` writeback thread: fsync the active
+    /// segment whenever [`WRITEBACK_BYTES`] were written to it since its
+    /// last fsync, off the pushers' path, until the log closes. It makes
+    /// nothing durable that a caller waits for (`flush` still fsyncs);
+    /// it only leaves less for the fsync that seals the segment. A failed
+    /// fsync poisons the log, as any other: the kernel may have dropped
+    /// the pages it could not write, and a later fsync would not say so.
+    pub(crate) fn run_writeback(self: Arc<Self>) {
+        let mut st = self.state.lock().expect("writer lock");
+        loop {
+            st = self
+                .timer_wake
+                .wait_while(st, |st| {
+                    !st.closed
+                        && st.poisoned.is_none()
+                        && self.unsynced_bytes.load(Ordering::Relaxed) < WRITEBACK_BYTES
+                })
+                .expect("writer lock");
+            if st.closed || st.poisoned.is_some() {
+                return;
+            }
+            drop(st);
+            let seg = self.io.lock().expect("io lock").active.clone();
+            // Bytes written while this fsync runs count toward the next.
+            self.unsynced_bytes.store(0, Ordering::Relaxed);
+            let result = seg
+                .file()
+                .expect("active segment is open")
+                .sync_data()
+                .ctx("fsync segment", &seg.path);
+            st = self.state.lock().expect("writer lock");
+            if let Err(e) = result {
+                if st.poisoned.is_none() {
+                    st.poisoned = Some(Arc::from(e.to_string()));
+                }
+                for cv in &self.flushed {
+                    cv.notify_all();
+                }
+                return;
+            }
+        }
     }
 
     /// The body of the `Interval` timer thread: fsync at least every
