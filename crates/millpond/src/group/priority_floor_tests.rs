@@ -188,24 +188,39 @@ fn zero_floors(fs: &MemFs, dir: &Path) -> usize {
 
 #[test]
 fn index_files_without_a_floor_keep_order_at_the_cost_of_tracking() {
-    let fs = MemFs::new();
-    let (common, urgent) = {
-        let (store, q, _g) = open(&fs);
-        let common = push(&q, 600, COMMON);
-        let urgent = push(&q, 1, 2)[0];
-        store.close().unwrap();
-        (common, urgent)
+    // The same queue twice: 600 common messages, an urgent one, 600 more;
+    // reopened with the index files as written, and as version 1 files
+    // without a floor (0: no claim).
+    let run = |zeroed: bool| {
+        let fs = MemFs::new();
+        let (first, urgent, second) = {
+            let (store, q, _g) = open(&fs);
+            let first = push(&q, 600, COMMON);
+            let urgent = push(&q, 1, 2)[0];
+            let second = push(&q, 600, COMMON);
+            store.close().unwrap();
+            (first, urgent, second)
+        };
+        if zeroed {
+            assert!(zero_floors(&fs, Path::new("/store/queues/q")) > 10);
+        }
+        let (_store, _q, g) = open(&fs);
+        let (got, most) = drain(&g);
+        let mut want = vec![(urgent, 2)];
+        want.extend(first.iter().chain(&second).map(|&id| (id, COMMON)));
+        assert_eq!(got, want, "(priority, id) order, zeroed: {zeroed}");
+        most
     };
-    assert!(zero_floors(&fs, Path::new("/store/queues/q")) > 3);
-    let (_store, _q, g) = open(&fs);
-    let (got, most) = drain(&g);
-    let mut want = vec![(urgent, 2)];
-    want.extend(common.iter().map(|&id| (id, COMMON)));
-    assert_eq!(got, want);
+    // With floors, the scan sets aside the common messages ahead of the
+    // urgent one (and the rest of its segment), then reads at COMMON.
+    let with_floors = run(false);
     assert!(
-        most > 300,
-        "no claim: the old segments are tracked ({most})"
+        (600..700).contains(&with_floors),
+        "tracked at most {with_floors}"
     );
+    // Without, every segment may hold priority 0: everything is set aside.
+    let without = run(true);
+    assert!(without > 1150, "no claim: tracked at most {without}");
 }
 
 #[test]
