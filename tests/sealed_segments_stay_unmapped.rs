@@ -14,91 +14,50 @@
 //! And an index is checked from a copy, not through its map; one longer
 //! than any index of its segment could be is not read, but rebuilt.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use millpond::fs::{Fs, FsFile, LockGuard, Mapped, MemFs, OpenMode};
+use millpond::fs::{Fs, MemFs, OpenMode};
 use millpond::{DEFAULT_GROUP, Options, Store};
+use millpond_suite::hook_fs::{HookFs, Hooks};
 use millpond_suite::payload;
 
 /// A [`MemFs`] that records the path of every file mapped.
 #[derive(Debug, Clone)]
 struct MapLog {
-    inner: MemFs,
+    fs: HookFs,
     mapped: Arc<Mutex<Vec<PathBuf>>>,
 }
 
-#[derive(Debug)]
-struct File {
-    inner: Arc<dyn FsFile>,
-    path: PathBuf,
-    mapped: Arc<Mutex<Vec<PathBuf>>>,
-}
+impl MapLog {
+    fn new() -> MapLog {
+        let mapped: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
+        let log = mapped.clone();
+        let hooks = Hooks {
+            map: Some(Arc::new(move |path: &Path| {
+                log.lock().unwrap().push(path.to_owned());
+                Ok(())
+            })),
+            ..Hooks::default()
+        };
+        MapLog {
+            fs: HookFs::new(Arc::new(MemFs::new()), hooks),
+            mapped,
+        }
+    }
 
-impl FsFile for File {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_all_at(buf, offset)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn map(&self) -> io::Result<Mapped> {
-        self.mapped.lock().unwrap().push(self.path.clone());
-        self.inner.map()
-    }
-}
-
-impl Fs for MapLog {
-    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FsFile>> {
-        Ok(Arc::new(File {
-            inner: self.inner.open(path, mode)?,
-            path: path.to_owned(),
-            mapped: self.mapped.clone(),
-        }))
-    }
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        self.inner.list_dir(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        self.inner.exists(path)
-    }
-    fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>> {
-        self.inner.try_lock(path)
+    fn list_dir(&self, path: &Path) -> Vec<String> {
+        self.fs.list_dir(path).unwrap()
     }
 }
 
 const N: u64 = 400;
 
 fn setup() -> (MapLog, Options) {
-    let fs = MapLog {
-        inner: MemFs::new(),
-        mapped: Arc::default(),
-    };
+    let fs = MapLog::new();
     let opts = Options::default()
-        .fs(Arc::new(fs.clone()))
+        .fs(Arc::new(fs.fs.clone()))
         .compact_interval(None)
         .segment_bytes_max(4096);
     let store = Store::open("/s", opts.clone()).unwrap();
@@ -115,11 +74,11 @@ fn segment_files(fs: &MapLog) -> Vec<(String, u64)> {
     let dir = Path::new("/s/queues/q");
     let mut out: Vec<(String, u64)> = fs
         .list_dir(dir)
-        .unwrap()
         .into_iter()
         .filter(|n| n.ends_with(".seg"))
         .map(|n| {
             let len = fs
+                .fs
                 .open(&dir.join(&n), OpenMode::Read)
                 .unwrap()
                 .len()
@@ -167,7 +126,7 @@ fn index_longer_than_its_segment_allows_is_rebuilt_unread() {
     let (first, len) = segment_files(&fs).remove(1);
     let idx = Path::new("/s/queues/q").join(first.replace(".seg", ".idx"));
     // Far more entries than a segment of `len` bytes has frames.
-    let f = fs.open(&idx, OpenMode::ReadWrite).unwrap();
+    let f = fs.fs.open(&idx, OpenMode::ReadWrite).unwrap();
     f.set_len(len * 64).unwrap();
     drop(f);
     let store = Store::open("/s", opts).unwrap();
@@ -177,7 +136,7 @@ fn index_longer_than_its_segment_allows_is_rebuilt_unread() {
     let mapped = fs.mapped.lock().unwrap().clone();
     assert!(!mapped.contains(&idx), "the oversized index was mapped");
     // Rebuilt and saved: the file is an index of its segment again.
-    let rebuilt = fs.open(&idx, OpenMode::Read).unwrap().len().unwrap();
+    let rebuilt = fs.fs.open(&idx, OpenMode::Read).unwrap().len().unwrap();
     assert!(rebuilt < len, "index is {rebuilt} bytes, segment {len}");
 }
 

@@ -7,6 +7,7 @@ use millpond::Options;
 use millpond::fs::MemFs;
 
 pub mod fuzz_targets;
+pub mod hook_fs;
 
 /// A place to open a store: a directory and options naming its file system.
 pub struct Place {

@@ -392,7 +392,8 @@ impl Log {
                 }
                 st.written_next_id = target;
                 if sync {
-                    st.durable_next_id = target;
+                    // The `Interval` timer also moves it, outside rounds.
+                    st.durable_next_id = st.durable_next_id.max(target);
                 }
                 // Everyone this round carried; one waiter of the next round
                 // to lead it (it wakes the rest of its round when done).
@@ -713,7 +714,10 @@ impl Log {
     }
 
     /// The body of the `Interval` timer thread: fsync at least every
-    /// `interval`, until the log closes.
+    /// `interval`, until the log closes. The fsync runs outside a flush
+    /// round: pushes under `Interval` wait for their round's write, and
+    /// used to wait for the timer's fsync as well whenever it held the
+    /// round.
     pub(crate) fn run_timer(self: Arc<Self>) {
         let Some(interval) = self.interval() else {
             return;
@@ -729,11 +733,32 @@ impl Log {
                 return;
             }
             if st.durable_next_id < st.next_id {
-                let last = st.next_id - 1;
-                drop(st);
-                // A failure poisons the log; pushes report it.
-                let _ = self.wait_for(self.state.lock().expect("writer lock"), last, Goal::Durable);
+                let target = st.next_id;
+                // Write what is buffered, in a round like any push's; then
+                // fsync outside the round, so that pushes, which wait for
+                // the round only, are not held up by the fsync. Every id
+                // below `target` is then in the segment synced here or in
+                // an older one, which its seal synced.
+                if self.wait_for(st, target - 1, Goal::Written).is_err() {
+                    return; // poisoned: pushes report it
+                }
+                let seg = self.io.lock().expect("io lock").active.clone();
+                let result = seg
+                    .file()
+                    .expect("active segment is open")
+                    .sync_data()
+                    .ctx("fsync segment", &seg.path);
                 st = self.state.lock().expect("writer lock");
+                if let Err(e) = result {
+                    if st.poisoned.is_none() {
+                        st.poisoned = Some(Arc::from(e.to_string()));
+                    }
+                    for cv in &self.flushed {
+                        cv.notify_all();
+                    }
+                    return;
+                }
+                st.durable_next_id = st.durable_next_id.max(target);
             }
         }
     }
