@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::journal::{HEADER_LEN, Record, encode_header, file_name};
+use super::journal::{HEADER_LEN, RECORD_LEN, Record, encode_header, file_name};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{Fs, FsFile, OpenMode};
 
@@ -265,12 +265,21 @@ impl Journal {
 
     /// Buffers a record; returns the ticket to wait on.
     pub fn append(&self, rec: Record) -> Result<u64> {
+        self.append_all(std::slice::from_ref(&rec))
+    }
+
+    /// Buffers records in order under one lock (a batch's reserves or
+    /// acks); returns the ticket of the last, which covers them all.
+    pub fn append_all(&self, recs: &[Record]) -> Result<u64> {
         let mut st = self.lock();
         if let Some(cause) = &st.poisoned {
             return Err(poisoned(cause));
         }
-        st.buf.extend_from_slice(&rec.encode());
-        st.appended += 1;
+        st.buf.reserve(recs.len() * RECORD_LEN);
+        for rec in recs {
+            st.buf.extend_from_slice(&rec.encode());
+        }
+        st.appended += recs.len() as u64;
         Ok(st.appended)
     }
 

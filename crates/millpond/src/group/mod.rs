@@ -688,11 +688,20 @@ impl GroupInner {
     fn reserve_locked(&self, live: &mut Live, lease: u64) -> Result<Option<(Delivery, u64)>> {
         let now = self.clock.now_ms();
         self.tick(live, now)?;
-        self.reserve_at(live, lease, now)
+        let Some((d, rec)) = self.reserve_at(live, lease, now)? else {
+            return Ok(None);
+        };
+        Ok(Some((d, self.journal.append(rec)?)))
     }
 
-    /// A reserve at `now`, with the state already ticked to it.
-    fn reserve_at(&self, live: &mut Live, lease: u64, now: u64) -> Result<Option<(Delivery, u64)>> {
+    /// A reserve at `now`, with the state already ticked to it. Returns
+    /// the delivery and the journal record the caller must append.
+    fn reserve_at(
+        &self,
+        live: &mut Live,
+        lease: u64,
+        now: u64,
+    ) -> Result<Option<(Delivery, Record)>> {
         loop {
             // The fresh scan may set aside messages into the tracked
             // state, so it runs first.
@@ -746,12 +755,12 @@ impl GroupInner {
                     priority: frame.attrs.priority,
                 }
             };
-            let ticket = self.journal.append(Record::Reserve {
+            let rec = Record::Reserve {
                 id: delivery.id,
                 attempts: delivery.attempt,
                 priority: delivery.priority,
-            })?;
-            return Ok(Some((delivery, ticket)));
+            };
+            return Ok(Some((delivery, rec)));
         }
     }
 
@@ -868,12 +877,12 @@ impl GroupInner {
         let now = self.clock.now_ms();
         self.tick(&mut live, now)?;
         let mut out = Vec::with_capacity(n.min(4096));
-        let mut last = None;
+        let mut recs = Vec::with_capacity(n.min(4096));
         while out.len() < n {
             match self.reserve_at(&mut live, lease, now) {
-                Ok(Some((d, t))) => {
+                Ok(Some((d, rec))) => {
                     out.push(d);
-                    last = Some(t);
+                    recs.push(rec);
                 }
                 Ok(None) => break,
                 // Hand out what is reserved already; the error comes back
@@ -882,8 +891,15 @@ impl GroupInner {
                 Err(e) => return Err(e),
             }
         }
+        // One journal append for the batch, in the order of the state
+        // changes above, all under the group lock.
+        let ticket = if recs.is_empty() {
+            None
+        } else {
+            Some(self.journal.append_all(&recs)?)
+        };
         self.unlock(live)?;
-        if let Some(t) = last {
+        if let Some(t) = ticket {
             self.commit(t, false)?;
         }
         Ok(out)
@@ -951,16 +967,30 @@ impl GroupInner {
                 return Err(refused(&self.name, id, Refused::NotReserved));
             }
         }
-        let mut ticket = 0;
+        let mut recs = Vec::with_capacity(ids.len());
+        let mut refusal = None;
         for &id in ids {
-            live.state.ack(id).map_err(|r| refused(&self.name, id, r))?;
-            ticket = self.journal.append(Record::Ack { id })?;
+            // Only an id listed twice fails here (all were checked above):
+            // journal the acks made before it, then report it.
+            if let Err(r) = live.state.ack(id) {
+                refusal = Some(refused(&self.name, id, r));
+                break;
+            }
+            recs.push(Record::Ack { id });
+        }
+        let ticket = if recs.is_empty() {
+            None
+        } else {
+            Some(self.journal.append_all(&recs)?)
+        };
+        if let Some(e) = refusal {
+            return Err(e);
         }
         self.unlock(live)?;
-        if ids.is_empty() {
-            return Ok(());
+        match ticket {
+            Some(t) => self.commit(t, true),
+            None => Ok(()),
         }
-        self.commit(ticket, true)
     }
 
     pub fn nack(&self, id: u64, delay: Option<Duration>) -> Result<()> {

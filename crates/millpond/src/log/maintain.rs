@@ -4,6 +4,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::Log;
 use super::frame;
@@ -113,6 +114,7 @@ impl Log {
                 map.keys().next_back() != Some(&first_id),
                 "the active segment is never removed"
             );
+            self.segments_generation.fetch_add(1, Ordering::SeqCst);
             map.remove(&first_id)
         };
         let Some(seg) = seg else { return Ok(()) };
@@ -247,10 +249,11 @@ impl Log {
         };
         crate::fs::write_atomic(&*self.fs, &index_path, &index::encode(&meta, &copy.entries))
             .ctx("write index", &index_path)?;
-        self.segments
-            .write()
-            .expect("segments lock")
-            .insert(first_id, Arc::new(SegmentFile::sealed(&self.dir, first_id)));
+        {
+            let mut map = self.segments.write().expect("segments lock");
+            self.segments_generation.fetch_add(1, Ordering::SeqCst);
+            map.insert(first_id, Arc::new(SegmentFile::sealed(&self.dir, first_id)));
+        }
         Ok(copy.bytes.len() as u64)
     }
 

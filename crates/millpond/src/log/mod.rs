@@ -107,6 +107,10 @@ pub(crate) struct Log {
     /// (which fsyncs the sealed one) does not stall a push for a whole
     /// segment's writeback.
     unsynced_bytes: AtomicU64,
+    /// Bumped (under the `segments` write lock) whenever a segment is
+    /// added, removed or replaced: a [`FloorCache`] made at the same value
+    /// still describes the map.
+    segments_generation: AtomicU64,
     recovery: QueueRecovery,
 }
 
@@ -148,7 +152,25 @@ impl Log {
             .buffered_floor
             .load(Ordering::SeqCst)
             .min(self.writing_floor.load(Ordering::SeqCst));
-        let (from, active, between) = {
+        let (max, interval) = (self.opts.frame_payload_max, self.opts.index_interval);
+        // Then the segments. With the map as the cache saw it (a segment
+        // added since was added after `unwritten` was read, so its frames
+        // left the unwritten floors after that too) and `id` in the same
+        // segment, only the active segment's floor can have moved: no
+        // map lookup, no lock but the active segment's. A group asks for
+        // every message it reserves.
+        let generation = self.segments_generation.load(Ordering::SeqCst);
+        if cache.valid
+            && cache.generation == generation
+            && (cache.from..cache.next_from).contains(&id)
+            && let Some(active) = &cache.active_segment
+        {
+            return cache
+                .sealed
+                .min(active.priority_floor(&*self.fs, max, interval).unwrap_or(0))
+                .min(unwritten);
+        }
+        let (from, next_from, active, between) = {
             let segs = self.segments.read().expect("segments lock");
             let (&active_id, active) = segs
                 .iter()
@@ -158,29 +180,35 @@ impl Log {
                 .range(..=id)
                 .next_back()
                 .map_or(*segs.keys().next().expect("a segment"), |(&k, _)| k);
+            let next_from = segs
+                .range(from.saturating_add(1)..)
+                .next()
+                .map_or(u64::MAX, |(&k, _)| k);
             let active = active.clone();
             if cache.valid && cache.from == from && cache.active == active_id {
-                (from, active, None)
+                (from, next_from, active, None)
             } else {
                 let between: Vec<_> = segs
                     .range(from..active_id)
                     .map(|(_, s)| s.clone())
                     .collect();
-                (from, active, Some(between))
+                (from, next_from, active, Some(between))
             }
         };
-        let (max, interval) = (self.opts.frame_payload_max, self.opts.index_interval);
         if let Some(between) = between {
             let sealed = between.iter().fold(u32::MAX, |m, s| {
                 m.min(s.priority_floor(&*self.fs, max, interval).unwrap_or(0))
             });
-            *cache = FloorCache {
-                from,
-                active: active.first_id,
-                sealed,
-                valid: true,
-            };
+            cache.sealed = sealed;
         }
+        // Made from the map of `generation` or a later one: if later, the
+        // next call sees a different generation and comes here again.
+        cache.from = from;
+        cache.next_from = next_from;
+        cache.active = active.first_id;
+        cache.active_segment = Some(active.clone());
+        cache.generation = generation;
+        cache.valid = true;
         cache
             .sealed
             .min(active.priority_floor(&*self.fs, max, interval).unwrap_or(0))
@@ -278,12 +306,19 @@ impl Log {
 }
 
 /// What [`Log::priority_floor`] keeps between calls from one reader:
-/// the floor of the sealed segments from `from` up to the active one.
-#[derive(Debug, Clone, Copy, Default)]
+/// the floor of the sealed segments from `from` up to the active one, and
+/// the map it was read from.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct FloorCache {
+    /// First id of the segment holding the id asked for.
     from: u64,
+    /// First id of the segment after it (`u64::MAX`: none).
+    next_from: u64,
     active: u64,
+    active_segment: Option<Arc<SegmentFile>>,
     sealed: u32,
+    /// `Log::segments_generation` when this was made.
+    generation: u64,
     valid: bool,
 }
 

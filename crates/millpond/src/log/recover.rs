@@ -163,6 +163,7 @@ impl Log {
             writing_floor: AtomicU32::new(u32::MAX),
             file_end: AtomicU64::new(tail.file_len),
             unsynced_bytes: AtomicU64::new(0),
+            segments_generation: AtomicU64::new(0),
             recovery: report,
         });
         if log.interval().is_some() {

@@ -518,10 +518,11 @@ impl Log {
             Vec::new(),
             Vec::new(),
         ));
-        self.segments
-            .write()
-            .expect("segments lock")
-            .insert(first_id, seg.clone());
+        {
+            let mut map = self.segments.write().expect("segments lock");
+            self.segments_generation.fetch_add(1, Ordering::SeqCst);
+            map.insert(first_id, seg.clone());
+        }
         io.active = seg;
         self.file_end.store(segment::HEADER_LEN, Ordering::Relaxed);
         // The sealed segment was fsynced; what the round writes next
