@@ -1,8 +1,8 @@
 //! The write path: frames are encoded into a shared buffer under a short
 //! lock; one thread at a time (the leader of a flush round) writes
-//! everything buffered with one `write` per segment and, when asked, one
-//! `fdatasync`. Threads that pushed while a round ran are carried by the
-//! next round: group commit.
+//! everything buffered with one `write` per segment (per 64 KiB chunk of
+//! it) and, when asked, one `fdatasync`. Threads that pushed while a round
+//! ran are carried by the next round: group commit.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
@@ -147,6 +147,16 @@ const PREALLOCATE_WRITE_MAX: usize = 128 << 10;
 /// `dirty_background_ratio` (10% of memory) or after 30 s.
 pub(crate) const WRITEBACK_BYTES: u64 = 8 << 20;
 
+/// The most bytes one chunk holds. A batch larger than this is encoded
+/// into several chunks of one segment, written one after the other.
+/// Buffers of this size come from the allocator's heap and go back to it
+/// (and, at its top, to the system) when the round is written; a buffer
+/// the size of a whole batch (1.3 MB for 10,000 messages of 100 bytes) is
+/// mapped, and glibc then raises its mapping threshold and keeps every
+/// later one in a heap it does not give back: 4 MiB of resident memory in
+/// a process that pushes such batches.
+const CHUNK_BYTES_MAX: usize = 64 << 10;
+
 /// The condvar slot of a flush round.
 fn parity(round: u64) -> usize {
     (round % 2) as usize
@@ -252,10 +262,10 @@ impl Log {
         let tail_first_id = st.tail_first_id;
         let start_pos = st.tail_len;
         if roll
-            || st
-                .chunks
-                .last()
-                .is_none_or(|c| c.segment_first_id != tail_first_id)
+            || st.chunks.last().is_none_or(|c| {
+                c.segment_first_id != tail_first_id
+                    || (!c.bytes.is_empty() && c.bytes.len() + len as usize > CHUNK_BYTES_MAX)
+            })
         {
             st.chunks.push(Chunk {
                 segment_first_id: tail_first_id,
@@ -263,7 +273,7 @@ impl Log {
                 start_pos,
                 bytes: Vec::with_capacity(
                     rest.min(self.opts.segment_bytes_max.saturating_sub(start_pos) as usize)
-                        .max(4096),
+                        .clamp(4096, CHUNK_BYTES_MAX),
                 ),
                 entries: Vec::new(),
                 end_id: st.next_id,
@@ -416,11 +426,25 @@ impl Log {
         let mut io = self.io.lock().expect("io lock");
         // Bytes this round writes to the segment that is active at its end.
         let mut written = 0;
+        // What the round writes to each segment: whether zeros go ahead
+        // depends on that, not on how the bytes were cut into chunks (a
+        // segment's chunks are consecutive).
+        let mut per_segment: Vec<(u64, usize)> = Vec::with_capacity(2);
+        for c in &chunks {
+            match per_segment.last_mut() {
+                Some((id, n)) if *id == c.segment_first_id => *n += c.bytes.len(),
+                _ => per_segment.push((c.segment_first_id, c.bytes.len())),
+            }
+        }
         for chunk in chunks {
             if chunk.new_segment {
                 self.roll(&mut io, chunk.segment_first_id)?;
                 written = 0;
             }
+            let run_len = per_segment
+                .iter()
+                .find(|(id, _)| *id == chunk.segment_first_id)
+                .map_or(0, |&(_, n)| n);
             written += chunk.bytes.len() as u64;
             let seg = &io.active;
             debug_assert_eq!(seg.first_id, chunk.segment_first_id);
@@ -429,7 +453,7 @@ impl Log {
                 .ctx("write segment", &seg.path)?;
             let end = chunk.start_pos + chunk.bytes.len() as u64;
             if end > self.file_end.load(Ordering::Relaxed) {
-                let target = if chunk.bytes.len() < PREALLOCATE_WRITE_MAX {
+                let target = if run_len < PREALLOCATE_WRITE_MAX {
                     // Zeros ahead, never past the segment size limit: they
                     // reach the disk with this round's fsync, and later
                     // rounds then overwrite allocated blocks, with no file
