@@ -47,6 +47,8 @@ pub struct Totals {
     pub segments_rewritten: u64,
     /// Segments retention dropped.
     pub segments_dropped: u64,
+    /// Group journals compaction replaced by a checkpoint.
+    pub journals_checkpointed: u64,
     /// Full drain checks (clock far ahead, buried kicked, all delivered).
     pub drains: u64,
     /// Acknowledged pushes read back after a reopen, byte for byte.
@@ -85,6 +87,7 @@ impl Totals {
         self.segments_deleted += other.segments_deleted;
         self.segments_rewritten += other.segments_rewritten;
         self.segments_dropped += other.segments_dropped;
+        self.journals_checkpointed += other.journals_checkpointed;
         self.drains += other.drains;
         self.reads_verified += other.reads_verified;
         self.drain_verified += other.drain_verified;
@@ -154,8 +157,12 @@ impl Totals {
         );
         let _ = writeln!(
             s,
-            "  segments deleted {}, rewritten {}, dropped by retention {}; drains {}",
-            self.segments_deleted, self.segments_rewritten, self.segments_dropped, self.drains
+            "  segments deleted {}, rewritten {}, dropped by retention {}; journals checkpointed {}; drains {}",
+            self.segments_deleted,
+            self.segments_rewritten,
+            self.segments_dropped,
+            self.journals_checkpointed,
+            self.drains
         );
         let _ = writeln!(
             s,
@@ -196,6 +203,7 @@ impl Totals {
                 "\"restarts\":{},\"reopen_retries\":{},\"torn_tails\":{},\"damaged_ranges\":{},",
                 "\"corruption_reported\":{},\"poison_checks\":{},\"compactions\":{},",
                 "\"segments_deleted\":{},\"segments_rewritten\":{},\"segments_dropped\":{},",
+                "\"journals_checkpointed\":{},",
                 "\"drains\":{},\"reads_verified\":{},\"drain_verified\":{},",
                 "\"messages_verified\":{},\"known_bugs_stepped_around\":{{{}}},\"failures\":{}}}"
             ),
@@ -220,6 +228,7 @@ impl Totals {
             self.segments_deleted,
             self.segments_rewritten,
             self.segments_dropped,
+            self.journals_checkpointed,
             self.drains,
             self.reads_verified,
             self.drain_verified,

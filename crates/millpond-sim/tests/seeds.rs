@@ -82,6 +82,7 @@ fn simulated_seeds_keep_every_guarantee() {
             total.segments_rewritten > 0 && total.segments_dropped > 0,
             "{total:?}"
         );
+        assert!(total.journals_checkpointed > 0, "{total:?}");
         for kind in ["power cut", "eio write", "enospc fsync", "bit flip segment"] {
             assert!(
                 total.faults.get(kind).is_some_and(|&n| n > 0),

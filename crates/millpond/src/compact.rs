@@ -55,7 +55,7 @@ pub struct CompactReport {
     /// Bytes of segment files given back.
     pub bytes_reclaimed: u64,
     /// Group journals replaced by a checkpoint because they held at least
-    /// 16 KiB of records.
+    /// `Options::compact_journal_bytes` (16 KiB by default) of records.
     pub journals_checkpointed: u64,
     /// Bytes of group journals given back by those checkpoints.
     pub journal_bytes_reclaimed: u64,
@@ -99,6 +99,9 @@ impl CompactReport {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PassOptions {
     pub copy_forward_percent: u8,
+    /// Group journals at least this long are checkpointed
+    /// (`Options::compact_journal_bytes`).
+    pub checkpoint_journal_bytes: u64,
     pub retention: Retention,
     pub now_ms: u64,
 }
@@ -141,11 +144,6 @@ fn held<T>(report: &mut CompactReport, f: impl FnOnce() -> T) -> T {
 /// `segment_bytes_max`, if less) whose messages are all finished is rolled
 /// by a pass, so the pass can delete it.
 const ROLL_FINISHED_ACTIVE_BYTES: u64 = 1 << 20;
-
-/// A group journal at least this long is replaced by a checkpoint in a
-/// pass (a journal is otherwise checkpointed at `checkpoint_journal_bytes`,
-/// 4 MiB by default, which a quiet group may never reach).
-const CHECKPOINT_JOURNAL_BYTES: u64 = 16 << 10;
 
 /// One pass over one queue. `groups` is every group of the queue, held
 /// locked by the caller against creation.
@@ -274,7 +272,7 @@ pub(crate) fn compact_queue(
     // checkpoint (which holds only what is still tracked).
     for g in groups {
         let freed = held(&mut report, || {
-            g.checkpoint_journal(CHECKPOINT_JOURNAL_BYTES)
+            g.checkpoint_journal(opts.checkpoint_journal_bytes)
         })?;
         if freed > 0 {
             report.journals_checkpointed += 1;

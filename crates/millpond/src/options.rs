@@ -76,6 +76,7 @@ pub struct Options {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) compact_interval: Option<Duration>,
     pub(crate) copy_forward_percent: u8,
+    pub(crate) compact_journal_bytes: u64,
 }
 
 impl Default for Options {
@@ -92,6 +93,7 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             compact_interval: Some(Duration::from_secs(5)),
             copy_forward_percent: 25,
+            compact_journal_bytes: 16 << 10,
         }
     }
 }
@@ -110,6 +112,7 @@ impl fmt::Debug for Options {
             .field("clock", &self.clock)
             .field("compact_interval", &self.compact_interval)
             .field("copy_forward_percent", &self.copy_forward_percent)
+            .field("compact_journal_bytes", &self.compact_journal_bytes)
             .finish()
     }
 }
@@ -203,6 +206,16 @@ impl Options {
     /// 0 (never) to 100.
     pub fn copy_forward_percent(mut self, percent: u8) -> Options {
         self.copy_forward_percent = percent;
+        self
+    }
+
+    /// A compaction pass replaces every group journal of at least this many
+    /// bytes by a checkpoint, giving back the records of finished messages
+    /// (a journal is otherwise checkpointed when it reaches the group's
+    /// `checkpoint_journal_bytes`, 4 MiB by default, which a quiet group may
+    /// never reach). Default: 16 KiB. `u64::MAX` turns it off.
+    pub fn compact_journal_bytes(mut self, bytes: u64) -> Options {
+        self.compact_journal_bytes = bytes;
         self
     }
 

@@ -84,11 +84,16 @@ impl QueueShared {
     }
 
     /// One compaction pass; adds it to the queue's totals.
-    pub fn compact(&self, copy_forward_percent: u8) -> Result<CompactReport> {
+    pub fn compact(
+        &self,
+        copy_forward_percent: u8,
+        checkpoint_journal_bytes: u64,
+    ) -> Result<CompactReport> {
         let groups = self.groups.lock().expect("groups lock");
         let list: Vec<Arc<GroupInner>> = groups.values().cloned().collect();
         let opts = PassOptions {
             copy_forward_percent,
+            checkpoint_journal_bytes,
             retention: *self.retention.lock().expect("retention lock"),
             now_ms: self.clock.now_ms(),
         };

@@ -320,7 +320,10 @@ impl StoreInner {
         let mut first_err = None;
         for q in queues {
             // One queue's failure must not stop the others' compaction.
-            match q.compact(self.options.copy_forward_percent) {
+            match q.compact(
+                self.options.copy_forward_percent,
+                self.options.compact_journal_bytes,
+            ) {
                 Ok(r) => {
                     total.absorb(&r);
                     total.segments += r.segments;
