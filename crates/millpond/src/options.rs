@@ -29,10 +29,12 @@ pub enum Durability {
     Interval(Duration),
     /// Messages are gathered in user space and written in large chunks;
     /// fsync happens on [`Queue::flush`](crate::Queue::flush), when a
-    /// segment is sealed, and on clean close. Loss window: a process crash
-    /// loses what was not yet written (up to four times `write_buffer_bytes`
-    /// while a write is in progress); a power
-    /// cut loses everything since the last flush.
+    /// segment is sealed, and on clean close. A background thread also
+    /// fsyncs the active segment every 8 MiB written, so that sealing it
+    /// does not stall a push; this promises nothing (only `flush` does).
+    /// Loss window: a process crash loses what was not yet written (up to
+    /// four times `write_buffer_bytes` while a write is in progress); a
+    /// power cut loses everything since the last flush.
     Buffered,
 }
 
