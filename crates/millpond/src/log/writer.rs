@@ -41,6 +41,10 @@ pub(crate) struct WriterState {
     inflight_target: u64,
     /// A would-be leader is letting other pushers join its round.
     gathering: bool,
+    /// Threads asleep on each `flushed` slot: a round that ends wakes a
+    /// slot only if someone sleeps there (a wake-up is a system call even
+    /// with no one to wake, and a lone pusher's round would make two).
+    sleeping: [u32; 2],
     /// `append` calls whose frames are buffered, not yet taken by a round.
     pending_pushers: u64,
     /// How many pushers the next synced round should carry: those the last
@@ -94,6 +98,7 @@ impl WriterState {
             rounds: 0,
             inflight_target: next_id,
             gathering: false,
+            sleeping: [0; 2],
             pending_pushers: 0,
             expected_pushers: 0,
             poisoned: None,
@@ -335,7 +340,7 @@ impl Log {
                 } else {
                     st.rounds + 1
                 };
-                st = self.flushed[parity(round)].wait(st).expect("writer lock");
+                st = self.sleep_until_round(st, round);
                 continue;
             }
             if goal == Goal::Durable
@@ -367,6 +372,20 @@ impl Log {
             st = guard;
             result?;
         }
+    }
+
+    /// Sleeps on the `flushed` slot of `round` until woken (its end, the
+    /// lead of it, or poisoning), counted in `sleeping`.
+    fn sleep_until_round<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, WriterState>,
+        round: u64,
+    ) -> MutexGuard<'a, WriterState> {
+        let p = parity(round);
+        st.sleeping[p] += 1;
+        let mut st = self.flushed[p].wait(st).expect("writer lock");
+        st.sleeping[p] -= 1;
+        st
     }
 
     /// Runs one flush round as leader: takes every buffered chunk, writes
@@ -407,8 +426,12 @@ impl Log {
                 }
                 // Everyone this round carried; one waiter of the next round
                 // to lead it (it wakes the rest of its round when done).
-                self.flushed[parity(round)].notify_all();
-                self.flushed[parity(round + 1)].notify_one();
+                if st.sleeping[parity(round)] > 0 {
+                    self.flushed[parity(round)].notify_all();
+                }
+                if st.sleeping[parity(round + 1)] > 0 {
+                    self.flushed[parity(round + 1)].notify_one();
+                }
             }
             Err(e) => {
                 if st.poisoned.is_none() {
@@ -594,7 +617,7 @@ impl Log {
             }
             if st.flushing {
                 let round = st.rounds;
-                st = self.flushed[parity(round)].wait(st).expect("writer lock");
+                st = self.sleep_until_round(st, round);
                 continue;
             }
             if st.durable_next_id < st.next_id {
@@ -674,7 +697,7 @@ impl Log {
         let mut st = self.state.lock().expect("writer lock");
         while st.flushing {
             let round = st.rounds;
-            st = self.flushed[parity(round)].wait(st).expect("writer lock");
+            st = self.sleep_until_round(st, round);
         }
         let clean = st.poisoned.is_none() && st.durable_next_id >= st.next_id;
         drop(st);
