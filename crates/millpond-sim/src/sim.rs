@@ -1263,7 +1263,7 @@ impl Sim {
                 self.totals.segments_deleted += rep.segments_deleted;
                 self.totals.segments_rewritten += rep.segments_rewritten;
                 self.totals.segments_dropped += rep.segments_dropped;
-                self.totals.journals_checkpointed += rep.journals_checkpointed as u64;
+                self.totals.journals_checkpointed += rep.journals_checkpointed;
                 true
             }
             Err(e) => {
