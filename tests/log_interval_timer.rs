@@ -146,3 +146,31 @@ fn failed_timer_fsync_poisons_the_queue() {
     }
     assert!(matches!(q.flush(), Err(Error::Poisoned { .. })));
 }
+
+#[test]
+fn idle_timer_wakes_for_the_next_write() {
+    let sim = SimFs::new(5);
+    let store = Store::open("/s", options(Arc::new(sim.clone()))).unwrap();
+    let q = store.queue("q").unwrap();
+    let durable = |n: usize| {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let image = sim.crash_image(CrashOptions::clean());
+            let s = Store::open("/s", options(Arc::new(image))).unwrap();
+            let got = s.queue("q").unwrap().reader(1).count();
+            if got == n {
+                return;
+            }
+            assert!(Instant::now() < until, "{got} of {n} durable");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Each push finds the timer asleep with nothing to sync (at open, and
+    // after the last sync plus many ticks of 10 ms): the round that writes
+    // it must wake the timer, or it is never fsynced.
+    for n in 1..=3 {
+        std::thread::sleep(Duration::from_millis(100));
+        q.push(format!("m{n}").as_bytes()).unwrap();
+        durable(n);
+    }
+}

@@ -23,7 +23,9 @@ pub enum Durability {
     Sync,
     /// `push` returns once the message reached the operating system (a
     /// `write` to the segment file, shared by concurrent pushes). A timer
-    /// thread fsyncs at least this often, even when no new write arrives.
+    /// thread fsyncs what was written at most this long after it was
+    /// written, whether or not more writes follow; with nothing unsynced it
+    /// sleeps until the next write.
     /// Loss window: a power cut (not a process crash) loses at most the
     /// pushes of the last interval.
     Interval(Duration),

@@ -41,6 +41,9 @@ pub(crate) struct WriterState {
     inflight_target: u64,
     /// A would-be leader is letting other pushers join its round.
     gathering: bool,
+    /// The `Interval` timer sleeps with no deadline: everything written is
+    /// durable. The round that next writes wakes it.
+    timer_idle: bool,
     /// Threads asleep on each `flushed` slot: a round that ends wakes a
     /// slot only if someone sleeps there (a wake-up is a system call even
     /// with no one to wake, and a lone pusher's round would make two).
@@ -98,6 +101,7 @@ impl WriterState {
             rounds: 0,
             inflight_target: next_id,
             gathering: false,
+            timer_idle: false,
             sleeping: [0; 2],
             pending_pushers: 0,
             expected_pushers: 0,
@@ -429,6 +433,10 @@ impl Log {
                 if st.sleeping[parity(round)] > 0 {
                     self.flushed[parity(round)].notify_all();
                 }
+                if st.timer_idle && st.durable_next_id < st.next_id {
+                    st.timer_idle = false;
+                    self.timer_wake.notify_all();
+                }
                 if st.sleeping[parity(round + 1)] > 0 {
                     self.flushed[parity(round + 1)].notify_one();
                 }
@@ -440,6 +448,8 @@ impl Log {
                 for cv in &self.flushed {
                     cv.notify_all();
                 }
+                // An idle `Interval` timer exits.
+                self.timer_wake.notify_all();
             }
         }
         (st, result)
@@ -772,6 +782,24 @@ impl Log {
         };
         let mut st = self.state.lock().expect("writer lock");
         loop {
+            if st.durable_next_id >= st.next_id {
+                // Nothing to make durable: sleep until a round writes
+                // (or the log closes), not every `interval`. A store with
+                // many idle queues would otherwise wake each one's timer
+                // twenty times a second at 50 ms.
+                st.timer_idle = true;
+                st = self
+                    .timer_wake
+                    .wait_while(st, |st| {
+                        st.timer_idle
+                            && !st.closed
+                            && st.poisoned.is_none()
+                            && st.durable_next_id >= st.next_id
+                    })
+                    .expect("writer lock");
+                st.timer_idle = false;
+            }
+            // Then at most `interval` after that write, as before.
             let (guard, _) = self
                 .timer_wake
                 .wait_timeout(st, interval)
