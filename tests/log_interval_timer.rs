@@ -174,3 +174,42 @@ fn idle_timer_wakes_for_the_next_write() {
         durable(n);
     }
 }
+
+#[test]
+fn idle_group_journal_timer_wakes_for_the_next_ack() {
+    let sim = SimFs::new(6);
+    let store = Store::open("/s", options(Arc::new(sim.clone()))).unwrap();
+    let q = store.queue("q").unwrap();
+    let g = q.group("g").unwrap();
+    q.push(b"first").unwrap();
+    q.push(b"second").unwrap();
+    // Let both timers go idle: the log's and the group journal's.
+    std::thread::sleep(Duration::from_millis(200));
+    let d = g.reserve(Duration::from_secs(60)).unwrap().unwrap();
+    assert_eq!(d.id, 1);
+    g.ack(d.id).unwrap();
+    // No flush: the journal timer must wake for the ack (and the reserve
+    // before it) and fsync them, or after a power cut the group delivers
+    // the first message again.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let image = sim.crash_image(CrashOptions::clean());
+        let s = Store::open("/s", options(Arc::new(image))).unwrap();
+        let next = s
+            .queue("q")
+            .unwrap()
+            .group("g")
+            .unwrap()
+            .reserve(Duration::from_secs(60))
+            .unwrap()
+            .map(|d| d.id);
+        if next == Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the ack is not durable: next {next:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -48,6 +48,62 @@ pub(crate) struct Journal {
     st: Mutex<JState>,
     /// Wakes a gathering leader once the threads it expects have joined.
     gathered: Condvar,
+    /// Tells the group's `Interval` timer that records were appended.
+    pub timer: Arc<TimerSignal>,
+}
+
+/// How appends wake a group's `Interval` journal timer, which otherwise
+/// sleeps: it holds this, not the group, so that dropping the group (and
+/// its journal, which closes the signal) ends it.
+#[derive(Debug, Default)]
+pub(crate) struct TimerSignal {
+    /// Set by the first append after the timer last took the signal: later
+    /// appends pay one atomic swap, not a lock and a wake-up.
+    raised: std::sync::atomic::AtomicBool,
+    /// (records appended since the timer took the signal, closed)
+    state: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl TimerSignal {
+    /// After records were buffered: wakes the timer if it sleeps.
+    fn raise(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.raised.swap(true, Ordering::SeqCst) {
+            self.state.lock().expect("timer signal lock").0 = true;
+            self.cv.notify_one();
+        }
+    }
+
+    /// Ends the timer's wait for good.
+    fn close(&self) {
+        self.state.lock().expect("timer signal lock").1 = true;
+        self.cv.notify_one();
+    }
+
+    /// Waits until records were appended since the last call (true) or
+    /// the journal is gone (false).
+    pub fn wait(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut st = self.state.lock().expect("timer signal lock");
+        while !st.0 && !st.1 {
+            st = self.cv.wait(st).expect("timer signal lock");
+        }
+        if st.1 {
+            return false;
+        }
+        st.0 = false;
+        // Records buffered before this reset are covered by the sync the
+        // caller runs next; an append after it raises the signal again.
+        self.raised.store(false, Ordering::SeqCst);
+        true
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.timer.close();
+    }
 }
 
 #[derive(Debug)]
@@ -250,6 +306,7 @@ impl Journal {
                 poisoned: None,
             }),
             gathered: Condvar::new(),
+            timer: Arc::default(),
         }
     }
 
@@ -280,7 +337,10 @@ impl Journal {
             st.buf.extend_from_slice(&rec.encode());
         }
         st.appended += recs.len() as u64;
-        Ok(st.appended)
+        let ticket = st.appended;
+        drop(st);
+        self.timer.raise();
+        Ok(ticket)
     }
 
     /// Waits until the record with `ticket` is written or durable: writes

@@ -485,9 +485,10 @@ impl GroupInner {
         });
         if let Durability::Interval(every) = group.durability {
             let weak = Arc::downgrade(&group);
+            let signal = group.journal.timer.clone();
             std::thread::Builder::new()
                 .name(format!("millpond-journal-{name}"))
-                .spawn(move || journal_timer(&weak, every))
+                .spawn(move || journal_timer(&weak, &signal, every))
                 .map_err(|e| Error::io("spawn journal timer for", &group.dir, e))?;
         }
         Ok(group)
@@ -1456,8 +1457,18 @@ impl GroupInner {
 /// Under `Interval`, fsyncs the journal at least every `every` until the
 /// group closes or is dropped. A failure poisons the journal; settles
 /// report it.
-fn journal_timer(group: &std::sync::Weak<GroupInner>, every: Duration) {
+/// The `Interval` journal timer of a group: `every` after records are
+/// appended to a journal that had none waiting, fsync it; with none, sleep
+/// until the next (it used to wake every `every`, idle or not).
+fn journal_timer(
+    group: &std::sync::Weak<GroupInner>,
+    signal: &journal_writer::TimerSignal,
+    every: Duration,
+) {
     loop {
+        if !signal.wait() {
+            return; // the journal, and so the group, is gone
+        }
         std::thread::sleep(every);
         let Some(g) = group.upgrade() else { return };
         if g.live.lock().expect("group lock").closed {
