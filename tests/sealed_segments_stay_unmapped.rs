@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use millpond::fs::{Fs, MemFs, OpenMode};
-use millpond::{DEFAULT_GROUP, Options, Store};
+use millpond::{DEFAULT_GROUP, Group, Options, Queue, Store};
 use millpond_suite::hook_fs::{HookFs, Hooks};
 use millpond_suite::payload;
 
@@ -90,8 +90,9 @@ fn segment_files(fs: &MapLog) -> Vec<(String, u64)> {
     out
 }
 
-#[test]
-fn sizing_and_an_idle_pass_map_no_sealed_segment() {
+/// The store of [`setup`] reopened, with its segment files, a queue
+/// handle and the default group, and the log of maps emptied.
+fn reopened() -> (MapLog, Vec<(String, u64)>, Store, Queue, Group) {
     let (fs, opts) = setup();
     let files = segment_files(&fs);
     assert!(files.len() > 8, "{files:?}");
@@ -99,6 +100,12 @@ fn sizing_and_an_idle_pass_map_no_sealed_segment() {
     let q = store.queue("q").unwrap();
     let g = q.group(DEFAULT_GROUP).unwrap();
     fs.mapped.lock().unwrap().clear();
+    (fs, files, store, q, g)
+}
+
+#[test]
+fn sizing_and_an_idle_pass_map_no_sealed_segment() {
+    let (fs, files, store, q, g) = reopened();
 
     let stats = q.log_stats().unwrap();
     assert_eq!(stats.segments, files.len());
@@ -142,13 +149,7 @@ fn index_longer_than_its_segment_allows_is_rebuilt_unread() {
 
 #[test]
 fn first_reserve_after_reopen_maps_only_the_segment_it_reads() {
-    let (fs, opts) = setup();
-    let files = segment_files(&fs);
-    assert!(files.len() > 8, "{files:?}");
-    let store = Store::open("/s", opts).unwrap();
-    let q = store.queue("q").unwrap();
-    let g = q.group(DEFAULT_GROUP).unwrap();
-    fs.mapped.lock().unwrap().clear();
+    let (fs, files, _store, _q, g) = reopened();
 
     let d = g.reserve(Duration::from_secs(30)).unwrap().unwrap();
     assert_eq!((d.id, d.payload), (1, payload(0, 100)));

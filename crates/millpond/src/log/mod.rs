@@ -160,8 +160,7 @@ impl Log {
         // map lookup, no lock but the active segment's. A group asks for
         // every message it reserves.
         let generation = self.segments_generation.load(Ordering::SeqCst);
-        if cache.valid
-            && cache.generation == generation
+        if cache.generation == generation
             && (cache.from..cache.next_from).contains(&id)
             && let Some(active) = &cache.active_segment
         {
@@ -185,7 +184,11 @@ impl Log {
                 .next()
                 .map_or(u64::MAX, |(&k, _)| k);
             let active = active.clone();
-            if cache.valid && cache.from == from && cache.active == active_id {
+            let same_active = cache
+                .active_segment
+                .as_ref()
+                .is_some_and(|a| a.first_id == active_id);
+            if same_active && cache.from == from {
                 (from, next_from, active, None)
             } else {
                 let between: Vec<_> = segs
@@ -205,10 +208,8 @@ impl Log {
         // next call sees a different generation and comes here again.
         cache.from = from;
         cache.next_from = next_from;
-        cache.active = active.first_id;
         cache.active_segment = Some(active.clone());
         cache.generation = generation;
-        cache.valid = true;
         cache
             .sealed
             .min(active.priority_floor(&*self.fs, max, interval).unwrap_or(0))
@@ -314,12 +315,11 @@ pub(crate) struct FloorCache {
     from: u64,
     /// First id of the segment after it (`u64::MAX`: none).
     next_from: u64,
-    active: u64,
+    /// The active segment when this was made; `None`: nothing cached yet.
     active_segment: Option<Arc<SegmentFile>>,
     sealed: u32,
     /// `Log::segments_generation` when this was made.
     generation: u64,
-    valid: bool,
 }
 
 /// Reads messages in id order; see [`crate::Reader`].

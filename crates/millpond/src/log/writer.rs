@@ -441,16 +441,7 @@ impl Log {
                     self.flushed[parity(round + 1)].notify_one();
                 }
             }
-            Err(e) => {
-                if st.poisoned.is_none() {
-                    st.poisoned = Some(Arc::from(e.to_string()));
-                }
-                for cv in &self.flushed {
-                    cv.notify_all();
-                }
-                // An idle `Interval` timer exits.
-                self.timer_wake.notify_all();
-            }
+            Err(e) => self.poison_locked(&mut st, e),
         }
         (st, result)
     }
@@ -643,12 +634,7 @@ impl Log {
         debug_assert!(st.chunks.is_empty());
         let mut io = self.io.lock().expect("io lock");
         if let Err(e) = self.roll(&mut io, next_id) {
-            if st.poisoned.is_none() {
-                st.poisoned = Some(Arc::from(e.to_string()));
-            }
-            for cv in &self.flushed {
-                cv.notify_all();
-            }
+            self.poison_locked(&mut st, &e);
             return Err(e);
         }
         st.tail_first_id = next_id;
@@ -728,6 +714,29 @@ impl Log {
         self.write_index(&io.active)
     }
 
+    /// Records the first failed write or fsync: every later write fails
+    /// with it. Wakes every waiter of a round to see it, and the timer or
+    /// writeback thread to exit.
+    fn poison_locked(&self, st: &mut WriterState, e: &crate::error::Error) {
+        if st.poisoned.is_none() {
+            st.poisoned = Some(Arc::from(e.to_string()));
+        }
+        for cv in &self.flushed {
+            cv.notify_all();
+        }
+        self.timer_wake.notify_all();
+    }
+
+    /// Fsyncs the active segment with no lock held (the `io` lock only to
+    /// take it): for the timer and writeback threads, outside any round.
+    fn sync_active_unlocked(&self) -> Result<()> {
+        let seg = self.io.lock().expect("io lock").active.clone();
+        seg.file()
+            .expect("active segment is open")
+            .sync_data()
+            .ctx("fsync segment", &seg.path)
+    }
+
     /// The body of the `Buffered` writeback thread: fsync the active
     /// segment whenever [`WRITEBACK_BYTES`] were written to it since its
     /// last fsync, off the pushers' path, until the log closes. It makes
@@ -750,22 +759,12 @@ impl Log {
                 return;
             }
             drop(st);
-            let seg = self.io.lock().expect("io lock").active.clone();
             // Bytes written while this fsync runs count toward the next.
             self.unsynced_bytes.store(0, Ordering::Relaxed);
-            let result = seg
-                .file()
-                .expect("active segment is open")
-                .sync_data()
-                .ctx("fsync segment", &seg.path);
+            let result = self.sync_active_unlocked();
             st = self.state.lock().expect("writer lock");
             if let Err(e) = result {
-                if st.poisoned.is_none() {
-                    st.poisoned = Some(Arc::from(e.to_string()));
-                }
-                for cv in &self.flushed {
-                    cv.notify_all();
-                }
+                self.poison_locked(&mut st, &e);
                 return;
             }
         }
@@ -818,20 +817,10 @@ impl Log {
                 if self.wait_for(st, target - 1, Goal::Written).is_err() {
                     return; // poisoned: pushes report it
                 }
-                let seg = self.io.lock().expect("io lock").active.clone();
-                let result = seg
-                    .file()
-                    .expect("active segment is open")
-                    .sync_data()
-                    .ctx("fsync segment", &seg.path);
+                let result = self.sync_active_unlocked();
                 st = self.state.lock().expect("writer lock");
                 if let Err(e) = result {
-                    if st.poisoned.is_none() {
-                        st.poisoned = Some(Arc::from(e.to_string()));
-                    }
-                    for cv in &self.flushed {
-                        cv.notify_all();
-                    }
+                    self.poison_locked(&mut st, &e);
                     return;
                 }
                 st.durable_next_id = st.durable_next_id.max(target);
