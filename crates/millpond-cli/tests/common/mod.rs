@@ -122,11 +122,18 @@ pub fn run(args: &[&str], stdin: Option<&[u8]>) -> Run {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("run the millpond binary");
-    if let Some(input) = stdin {
+    // Fed from another thread while this one reads the output: a child
+    // that answers each line (`push --stdin` prints every id) fills the
+    // stdout pipe long before a large input is all written.
+    let feeder = stdin.map(|input| {
         let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input).unwrap();
-    }
+        let input = input.to_vec();
+        std::thread::spawn(move || pipe.write_all(&input))
+    });
     let out: Output = child.wait_with_output().unwrap();
+    if let Some(feeder) = feeder {
+        feeder.join().unwrap().unwrap();
+    }
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
