@@ -87,15 +87,30 @@ fn export_then_import_into_another_store_keeps_every_unfinished_message() {
             .any(|(p, prio, _)| p == "urgent" && *prio == 3)
     );
 
-    // Buried messages come along on request, into another queue.
+    // Run again, the import finds its record in the store: nothing pushed.
+    let again = dst.json(&["import", file.to_str().unwrap()]);
+    assert_eq!(again["already_imported"], true);
+    assert_eq!(again["imported"], 10);
+    assert_eq!(frames(&dst, "jobs"), expected);
+
+    // Buried messages come along on request, into another queue: a second
+    // import of the file, so `--again`.
     let all = dst.json(&[
         "import",
         file.to_str().unwrap(),
         "-q",
         "replay",
         "--include-buried",
+        "--again",
     ]);
+    assert_eq!(all["already_imported"], false);
     assert_eq!(all["imported"], 11);
+    assert_eq!(frames(&dst, "replay").len(), 11);
+    assert_eq!(
+        frames(&dst, "jobs"),
+        expected,
+        "the first import's queue untouched"
+    );
 
     // The export refuses to overwrite.
     let again = src
@@ -168,4 +183,162 @@ fn damaged_export_files_are_refused_with_the_offset() {
     // Not an export file at all.
     std::fs::write(&flipped, b"hello").unwrap();
     refused(&flipped, 0);
+}
+
+/// The import records of a store: (complete, records done) of each.
+fn import_records(s: &TestStore) -> Vec<(bool, u64)> {
+    let Ok(entries) = std::fs::read_dir(s.path().join("imports")) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            (
+                v["complete"].as_bool().unwrap(),
+                v["records_done"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// An import killed with SIGKILL part of the way through, then run again,
+/// leaves every exported message in the queue exactly once and in order:
+/// the messages of the batch the kill interrupted that reached the queue
+/// are found, not pushed again. An interrupted import cannot be finished
+/// into another queue by mistake.
+#[test]
+fn an_import_killed_midway_finishes_when_run_again_without_duplicates() {
+    const N: usize = 100_000;
+    let src = TestStore::new();
+    let lines: Vec<String> = (0..N).map(|i| format!("job-{i:06}")).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    src.push_lines("jobs", &refs);
+    let file = src.dir.path().join("jobs.mpx");
+    src.ok(&["export", "-q", "jobs", "--out", file.to_str().unwrap()]);
+    // Kills at fractions of how long a whole import takes here.
+    let started = std::time::Instant::now();
+    TestStore::new().ok(&["import", file.to_str().unwrap()]);
+    let whole = started.elapsed();
+
+    let mut resumed_rounds = 0;
+    for (round, fraction) in [0.3, 0.45, 0.6, 0.7, 0.8, 0.9].into_iter().enumerate() {
+        let dst = TestStore::new();
+        let store = dst.path();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_millpond"))
+            .args(["--store", store.to_str().unwrap(), "import"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(whole.mul_f64(fraction));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let records = import_records(&dst);
+        let interrupted = records
+            .iter()
+            .any(|&(complete, done)| !complete && done > 0);
+        if interrupted {
+            resumed_rounds += 1;
+            if round % 2 == 0 {
+                let wrong = dst
+                    .run(&["import", file.to_str().unwrap(), "-q", "elsewhere"])
+                    .expect_code(2);
+                assert!(
+                    wrong.stderr.contains("an interrupted import"),
+                    "{}",
+                    wrong.stderr
+                );
+            }
+        }
+        let finished_before = records == vec![(true, N as u64)];
+        let out = dst.json(&["import", file.to_str().unwrap()]);
+        assert_eq!(out["imported"], N as u64, "round {round}");
+        assert_eq!(out["already_imported"], finished_before, "round {round}");
+        let payloads: Vec<String> = dst
+            .json_lines(&["dump", "-q", "jobs", "--payload"], 0)
+            .iter()
+            .map(|f| f["payload"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(payloads.len(), N, "round {round}: each message once");
+        assert!(
+            payloads == lines,
+            "round {round}: the file's messages in order"
+        );
+        assert_eq!(import_records(&dst), vec![(true, N as u64)]);
+    }
+    assert!(
+        resumed_rounds >= 2,
+        "only {resumed_rounds} kills landed inside the push phase (a whole import: {whole:?})"
+    );
+}
+
+/// Writes the store's import record for `file` by hand: an import that
+/// was interrupted in its first batch, which was to start at id 1.
+fn interrupted_record(dst: &TestStore, file: &std::path::Path) {
+    let bytes = std::fs::read(file).unwrap();
+    let exported_ms = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+    let checksum = u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
+    let dir = dst.path().join("imports");
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = serde_json::json!({
+        "version": 1, "file": file.display().to_string(), "queue": "jobs",
+        "include_buried": false, "records_done": 0, "next_id": 1, "imported": 0,
+        "delayed": 0, "skipped_buried": 0, "first_id": null, "last_id": null,
+        "complete": false,
+    });
+    std::fs::write(
+        dir.join(format!("{exported_ms}-{checksum:08x}.json")),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The part of an interrupted batch that reached the queue is matched
+/// message by message (payload and priority, from the batch's first id)
+/// and not pushed again; matching stops at the first message that is not
+/// the file's (another producer's, pushed after the crash), and the rest of
+/// the file goes in after it.
+#[test]
+fn what_an_interrupted_batch_left_in_the_queue_is_found_not_pushed_again() {
+    let src = TestStore::new();
+    let lines: Vec<String> = (0..10).map(|i| format!("a{i}")).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    src.push_lines("jobs", &refs);
+    let file = src.dir.path().join("jobs.mpx");
+    src.ok(&["export", "-q", "jobs", "--out", file.to_str().unwrap()]);
+    let payloads = |s: &TestStore| -> Vec<String> {
+        s.json_lines(&["dump", "-q", "jobs", "--payload"], 0)
+            .iter()
+            .map(|f| f["payload"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // The batch got its first five messages in before the crash.
+    let dst = TestStore::new();
+    dst.push_lines("jobs", &refs[..5]);
+    interrupted_record(&dst, &file);
+    let out = dst.json(&["import", file.to_str().unwrap()]);
+    assert_eq!(out["found_from_interrupted_run"], 5);
+    assert_eq!(out["imported"], 10);
+    assert_eq!(
+        (out["first_id"].as_u64(), out["last_id"].as_u64()),
+        (Some(1), Some(10))
+    );
+    assert_eq!(payloads(&dst), lines);
+
+    // Three got in, then another producer pushed before the import ran
+    // again.
+    let dst = TestStore::new();
+    dst.push_lines("jobs", &[&refs[..3], &["other"]].concat());
+    interrupted_record(&dst, &file);
+    let out = dst.json(&["import", file.to_str().unwrap()]);
+    assert_eq!(out["found_from_interrupted_run"], 3);
+    assert_eq!(out["imported"], 10);
+    let mut expected = lines[..3].to_vec();
+    expected.push("other".into());
+    expected.extend_from_slice(&lines[3..]);
+    assert_eq!(payloads(&dst), expected);
 }

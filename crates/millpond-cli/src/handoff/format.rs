@@ -329,6 +329,12 @@ impl<R: Read> Reader<R> {
         self.offset
     }
 
+    /// The checksum of the whole file (the one its end record holds, which
+    /// `next` has checked), once `next` has returned `None`.
+    pub fn checksum(&self) -> Option<u32> {
+        self.done.then(|| self.body.clone().finalize())
+    }
+
     /// Reads exactly `buf.len()` bytes of the `what` that starts at `start`.
     fn fill(&mut self, buf: &mut [u8], start: u64, what: &str) -> Result<(), ReadError> {
         let mut got = 0;

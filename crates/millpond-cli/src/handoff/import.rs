@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::args::JsonArg;
 use crate::failure::{Error, damaged, error};
 use crate::handoff::format::{self, ReadError, Reader};
+use crate::handoff::resume;
 use crate::progress::Progress;
 use crate::{Global, Outcome, open, output};
 
@@ -28,11 +29,19 @@ nothing is imported. Then the messages are pushed in file order with their
 priorities and remaining delays (counted again from the import), 1000 to an
 fsync, into the queue named in the file or --queue (created if needed). The
 messages get new ids. Buried messages are skipped unless --include-buried
-(then they are ready). Importing a file twice pushes its messages twice.
+(then they are ready).
+
+The store records how far the import got (in <store>/imports/, written
+before each batch). Run again after a crash or a kill, the same command
+finishes the import: the messages of the interrupted batch that reached the
+queue are found (same payload and priority, from the id the batch started
+at) and not pushed again. Run again after it finished, it pushes nothing;
+--again imports the file a second time.
 
 Output: what was imported; with --json one object:
   {\"file\": \"jobs.mpx\", \"queue\": \"jobs\", \"imported\": 41, \"first_id\": 1,
-   \"last_id\": 41, \"delayed\": 1, \"skipped_buried\": 1}
+   \"last_id\": 41, \"delayed\": 1, \"skipped_buried\": 1, \"already_imported\": false,
+   \"found_from_interrupted_run\": 0}
 Exits with 1 when the file is damaged.
 
 Examples:
@@ -52,6 +61,10 @@ pub struct Args {
     /// Import buried messages too, as ready messages.
     #[arg(long)]
     include_buried: bool,
+
+    /// Import the file even if this store has imported it before.
+    #[arg(long)]
+    again: bool,
 
     #[command(flatten)]
     json: JsonArg,
@@ -77,7 +90,9 @@ fn refused(path: &Path, e: ReadError) -> Error {
 ///
 /// # Errors
 ///
-/// A damaged file (exit code 1), the engine's errors, I/O errors.
+/// A damaged file (exit code 1), an unreadable import record, an
+/// interrupted import of the file into another queue, the engine's errors,
+/// I/O errors.
 pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
     // 1. Check the whole file.
     let file_bytes = std::fs::metadata(&args.file)
@@ -92,6 +107,7 @@ pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
             progress.set_position(reader.offset());
         }
     }
+    let checksum = reader.checksum().expect("read to its end record");
     tracing::info!(
         "{} checked: {records} records of queue {:?}, group {:?}",
         args.file.display(),
@@ -99,67 +115,157 @@ pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
         header.group
     );
 
-    // 2. Push.
-    let queue_name = args.queue.clone().unwrap_or_else(|| header.queue.clone());
+    // 2. What an earlier run of this import did.
     let store = open::open(&global.store, Durability::Buffered)?;
+    let record_path = resume::path(&global.store, header.exported_ms, checksum);
+    let earlier = resume::load(&record_path)?;
+    if let Some(done) = earlier.as_ref().filter(|s| s.complete && !args.again) {
+        store.close()?;
+        report(&args, done, 0, true)?;
+        return Ok(Outcome::Success);
+    }
+    let interrupted = earlier.filter(|s| !s.complete);
+    if let Some(s) = &interrupted {
+        let queue_differs = args.queue.as_ref().is_some_and(|q| *q != s.queue);
+        if queue_differs || s.include_buried != args.include_buried {
+            return Err(error(format!(
+                "an interrupted import of {} into queue {:?}{} is recorded in {}: run it again \
+                 with the same queue and --include-buried setting to finish it, or remove \
+                 the record to import from the start (which pushes again what it pushed)",
+                args.file.display(),
+                s.queue,
+                if s.include_buried {
+                    " with --include-buried"
+                } else {
+                    ""
+                },
+                record_path.display()
+            )));
+        }
+    }
+    let queue_name = interrupted.as_ref().map_or_else(
+        || args.queue.clone().unwrap_or_else(|| header.queue.clone()),
+        |s| s.queue.clone(),
+    );
     let queue = store.queue(&queue_name)?;
+    let resumed = interrupted.is_some();
+    let mut state = interrupted
+        .unwrap_or_else(|| resume::State::new(&args.file, &queue_name, args.include_buried, 0));
+
+    // 3. Push, in batches, each announced in the record before it starts.
     let (mut reader, _) = open_file(&args.file)?;
-    let (mut imported, mut delayed, mut skipped) = (0u64, 0u64, 0u64);
-    let (mut first_id, mut last_id) = (None, None);
+    for _ in 0..state.records_done {
+        reader.next().map_err(|e| refused(&args.file, e))?;
+    }
+    // On a resume, the interrupted batch's messages that reached the queue
+    // come first from the id it started at; they are counted, not pushed.
+    let mut landed = resumed.then(|| queue.reader(state.next_id));
+    let mut found = 0u64;
+    let mut batch_open = false;
     let mut unflushed = (0u64, 0u64);
     {
         let progress = Progress::count(records, "import");
+        progress.set_position(state.records_done);
         while let Some(record) = reader.next().map_err(|e| refused(&args.file, e))? {
             progress.inc(1);
             if record.state == format::STATE_BURIED && !args.include_buried {
-                skipped += 1;
+                state.records_done += 1;
+                state.skipped_buried += 1;
                 continue;
+            }
+            let delayed = u64::from(record.delay_ms > 0);
+            if let Some(messages) = &mut landed {
+                match messages.next().transpose()? {
+                    Some(m) if m.payload == record.payload && m.priority == record.priority => {
+                        found += 1;
+                        state.records_done += 1;
+                        state.imported += 1;
+                        state.delayed += delayed;
+                        state.first_id.get_or_insert(m.id);
+                        state.last_id = Some(m.id);
+                        continue;
+                    }
+                    _ => landed = None,
+                }
+            }
+            if !batch_open {
+                state.next_id = queue.log_stats()?.next_id;
+                resume::save(&record_path, &state)?;
+                batch_open = true;
             }
             let options = PushOptions {
                 priority: record.priority,
                 delay: Duration::from_millis(record.delay_ms),
             };
             let id = queue.push_with(&record.payload, options)?;
-            first_id.get_or_insert(id);
-            last_id = Some(id);
-            imported += 1;
-            delayed += u64::from(record.delay_ms > 0);
+            state.first_id.get_or_insert(id);
+            state.last_id = Some(id);
+            state.records_done += 1;
+            state.imported += 1;
+            state.delayed += delayed;
             unflushed = (unflushed.0 + 1, unflushed.1 + record.payload.len() as u64);
             if unflushed.0 >= BATCH_LEN || unflushed.1 >= BATCH_BYTES {
                 queue.flush()?;
                 unflushed = (0, 0);
+                batch_open = false;
             }
         }
     }
     queue.flush()?;
+    state.complete = true;
+    resume::save(&record_path, &state)?;
     drop(queue);
     store.close()?;
+    report(&args, &state, found, false)?;
+    Ok(Outcome::Success)
+}
+
+/// Prints what the import did (or, `already`, what an earlier run did).
+fn report(args: &Args, s: &resume::State, found: u64, already: bool) -> Result<(), Error> {
     if args.json.json {
         output::json_document(&json!({
             "file": args.file.display().to_string(),
-            "queue": queue_name,
-            "imported": imported,
-            "first_id": first_id,
-            "last_id": last_id,
-            "delayed": delayed,
-            "skipped_buried": skipped,
+            "queue": s.queue,
+            "imported": s.imported,
+            "first_id": s.first_id,
+            "last_id": s.last_id,
+            "delayed": s.delayed,
+            "skipped_buried": s.skipped_buried,
+            "already_imported": already,
+            "found_from_interrupted_run": found,
         }))?;
-    } else {
-        let ids = match (first_id, last_id) {
-            (Some(a), Some(b)) => format!(" as ids {a}..={b}"),
-            _ => String::new(),
-        };
-        println!(
-            "imported {} into queue {queue_name:?}{ids} ({} delayed)",
-            output::plural(imported, "message"),
-            output::count(delayed)
-        );
-        if skipped > 0 {
-            println!(
-                "skipped {} (--include-buried imports them as ready)",
-                output::plural(skipped, "buried message")
-            );
-        }
+        return Ok(());
     }
-    Ok(Outcome::Success)
+    let ids = match (s.first_id, s.last_id) {
+        (Some(a), Some(b)) => format!(" as ids {a}..={b}"),
+        _ => String::new(),
+    };
+    if already {
+        println!(
+            "{} was already imported into queue {:?}{ids}: nothing pushed (--again imports \
+             it a second time)",
+            args.file.display(),
+            s.queue
+        );
+        return Ok(());
+    }
+    println!(
+        "imported {} into queue {:?}{ids} ({} delayed)",
+        output::plural(s.imported, "message"),
+        s.queue,
+        output::count(s.delayed)
+    );
+    if found > 0 {
+        println!(
+            "{} of them were in the queue already, from an interrupted run of this import",
+            output::plural(found, "message")
+        );
+    }
+    if s.skipped_buried > 0 {
+        println!(
+            "skipped {} (--include-buried imports them as ready)",
+            output::plural(s.skipped_buried, "buried message")
+        );
+    }
+    Ok(())
 }
