@@ -5,11 +5,11 @@
 //!
 //! `<store>/imports/<exported at>-<file checksum>.json`, replaced
 //! atomically (written to `.tmp`, fsynced, renamed, directory fsynced)
-//! before each batch is pushed. It names the record the batch starts at
-//! and the id the queue gives next: after a crash, the messages the queue
-//! holds from that id on that match the file's records from there, payload
-//! and priority, are the ones the batch got in; the import goes on after
-//! them.
+//! before the first batch and every `RECORD_EVERY`th one after it. It
+//! names the file record that batch starts at and the id the queue gives
+//! next: after a crash, the messages the queue holds from that id on that
+//! match the file's records from there, payload and priority, are the ones
+//! that got in since; the import goes on after them.
 
 use std::fs::File;
 use std::io::Write;
