@@ -75,8 +75,8 @@ use std::time::Duration;
 
 use millpond::fs::{CrashOptions, SimFs};
 use millpond::{
-    Backoff, Error, Group, GroupOptions, GroupStats, ManualClock, MessageState, Options,
-    PushOptions, Queue, Store,
+    Backoff, Durability, Error, Group, GroupOptions, GroupStats, ManualClock, MessageState,
+    Options, PushOptions, Queue, Store,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -1682,4 +1682,60 @@ fn regression_crash_counts_dead_letter_move_as_ack() {
         (0, 1),
         "a dead-letter move is not an ack"
     );
+}
+
+/// Found by reading the engine for `docs/design.md`. Under `Buffered` (and
+/// `Interval`) a dead-letter move pushed the payload into the dead-letter
+/// queue's write buffer and journaled the `Ack` that removes it from the
+/// group; the two files are fsynced separately, so once the group's
+/// state was durable (here by a compaction pass, which checkpoints the
+/// journal) and the dead-letter queue's buffer was not, a power cut lost
+/// the message from both.
+#[test]
+fn regression_buffered_dead_letter_move_lost_on_power_cut() {
+    for durability in [
+        Durability::Buffered,
+        Durability::Interval(Duration::from_secs(3600)),
+    ] {
+        let sim = SimFs::new(11);
+        let clock = ManualClock::new(START_MS);
+        let options = GroupOptions {
+            dead_letter_queue: Some("dlq".to_owned()),
+            ..max_attempts_1()
+        };
+        let store_options = sim_options(&sim, &clock)
+            .durability(durability)
+            .compact_interval(None)
+            .compact_journal_bytes(1);
+        let store = Store::open(STORE_PATH, store_options.clone()).unwrap();
+        let q = store.queue(QUEUE).unwrap();
+        let g = q.group_with("g", options.clone()).unwrap();
+        let id = q.push(b"poison").unwrap();
+        q.flush().unwrap();
+        g.reserve(LEASE).unwrap().unwrap();
+        g.nack(id, Some(Duration::ZERO)).unwrap(); // out of attempts: moved
+        drop((g, q));
+        store.compact_now().unwrap(); // the move, in a durable checkpoint
+        let image = power_cut(&sim, store);
+
+        let store = Store::open(
+            STORE_PATH,
+            sim_options(&image, &clock).durability(durability),
+        )
+        .unwrap();
+        let q = store.queue(QUEUE).unwrap();
+        let g = q.group_with("g", options).unwrap();
+        let dlq: Vec<Vec<u8>> = store
+            .queue("dlq")
+            .unwrap()
+            .reader(1)
+            .map(|m| m.unwrap().payload)
+            .collect();
+        let in_group = g.peek(id).unwrap().is_some();
+        assert!(
+            in_group || dlq == [b"poison".to_vec()],
+            "{durability:?}: the message is in neither the group nor the dead-letter queue \
+             (dead-letter queue: {dlq:?})"
+        );
+    }
 }

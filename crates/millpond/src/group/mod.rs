@@ -546,9 +546,10 @@ impl GroupInner {
     }
 
     /// Records the dead-lettering of messages that ran out of attempts and
-    /// moves them to the dead-letter queue, if one is set. Returns the
-    /// ticket of the last journal record and whether anything moved (a move
-    /// is settled like an ack).
+    /// moves them to the dead-letter queue, if one is set: pushes them
+    /// there, makes the pushes durable, then journals the `Ack`s that take
+    /// them out of this group. Returns the ticket of the last journal
+    /// record and whether anything moved (a move is settled like an ack).
     fn move_dead_letters(&self, live: &mut Live) -> Result<Option<(u64, bool)>> {
         if live.state.exhausted.is_empty() {
             return Ok(None);
@@ -556,6 +557,7 @@ impl GroupInner {
         let ids = std::mem::take(&mut live.state.exhausted);
         let target = self.dead_letters.lock().expect("dead letter lock").clone();
         let mut last = None;
+        let mut moving = Vec::new();
         for id in ids {
             if !matches!(
                 live.state.entry(id),
@@ -566,32 +568,41 @@ impl GroupInner {
             ) {
                 continue;
             }
-            let mut ticket = self.journal.append(Record::DeadLetter { id })?;
-            let mut moved = false;
-            if let Some(target) = &target {
-                let frame = match self.log.read(id) {
-                    Ok(f) => f,
-                    // A damaged message cannot be moved: it stays buried
-                    // here, where `verify` and `repair` find it.
-                    Err(e) if e.is_corruption() => {
-                        last = Some((ticket, last.is_some_and(|(_, m)| m)));
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+            let ticket = self.journal.append(Record::DeadLetter { id })?;
+            last = Some((ticket, last.is_some_and(|(_, m)| m)));
+            let Some(target) = &target else {
+                continue;
+            };
+            let frame = match self.log.read(id) {
+                Ok(f) => f,
+                // A damaged message cannot be moved: it stays buried here,
+                // where `verify` and `repair` find it.
+                Err(e) if e.is_corruption() => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(frame) = frame {
+                let attrs = crate::log::frame::Attrs {
+                    priority: frame.attrs.priority,
+                    not_before_ms: 0,
                 };
-                if let Some(frame) = frame {
-                    let attrs = crate::log::frame::Attrs {
-                        priority: frame.attrs.priority,
-                        not_before_ms: 0,
-                    };
-                    target.log.append(&[(&frame.payload, attrs)])?;
-                    target.wake.notify();
-                }
-                live.state.finish_buried(id);
-                ticket = self.journal.append(Record::Ack { id })?;
-                moved = true;
+                target.log.append(&[(&frame.payload, attrs)])?;
+                target.wake.notify();
             }
-            last = Some((ticket, moved || last.is_some_and(|(_, m)| m)));
+            moving.push(id);
+        }
+        if let (Some(target), false) = (&target, moving.is_empty()) {
+            // The `Ack`s below remove the messages from this group: the
+            // pushes must be durable first, or a power cut that keeps this
+            // group's journal (or a checkpoint) and not the dead-letter
+            // queue's unsynced pushes loses them from both. Under `Sync`
+            // the pushes returned durable.
+            if target.log.opts.durability != Durability::Sync {
+                target.log.flush()?;
+            }
+            for id in moving {
+                live.state.finish_buried(id);
+                last = Some((self.journal.append(Record::Ack { id })?, true));
+            }
         }
         Ok(last)
     }
