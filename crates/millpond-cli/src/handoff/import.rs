@@ -38,10 +38,10 @@ messages get new ids. Buried messages are skipped unless --include-buried
 
 The store records how far the import got (in <store>/imports/, written
 before every 16th batch). Run again after a crash or a kill, the same command
-finishes the import: the messages of the interrupted batch that reached the
-queue are found (same payload and priority, from the id the batch started
-at) and not pushed again. Run again after it finished, it pushes nothing;
---again imports the file a second time.
+finishes the import: the messages that reached the queue since the record
+was written are found (same payload and priority, from the id it names) and
+not pushed again. Run again after it finished, it pushes nothing; --again
+imports the file a second time.
 
 Output: what was imported; with --json one object:
   {\"file\": \"jobs.mpx\", \"queue\": \"jobs\", \"imported\": 41, \"first_id\": 1,
@@ -67,7 +67,8 @@ pub struct Args {
     #[arg(long)]
     include_buried: bool,
 
-    /// Import the file even if this store has imported it before.
+    /// Import the file again into a store that finished importing it (an
+    /// interrupted import of it is finished instead, not started over).
     #[arg(long)]
     again: bool,
 
