@@ -31,7 +31,9 @@ pub enum Durability {
     Interval(Duration),
     /// Messages are gathered in user space and written in large chunks;
     /// fsync happens on [`Queue::flush`](crate::Queue::flush), when a
-    /// segment is sealed, and on clean close. A background thread also
+    /// segment is sealed, and on clean close. A consumer group's acks (and
+    /// other records) are fsynced by [`Group::flush`](crate::Group::flush),
+    /// checkpoints, compaction passes and clean close. A background thread also
     /// fsyncs the active segment every 8 MiB written, so that sealing it
     /// does not stall a push; this promises nothing (only `flush` does).
     /// Loss window: a process crash loses what was not yet written (up to

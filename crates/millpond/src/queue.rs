@@ -533,6 +533,19 @@ impl Group {
         self.inner.ack(id)
     }
 
+    /// Writes and fsyncs every record of this group so far: acks, nacks,
+    /// buries, kicks and reservations. The way to make `Buffered` acks
+    /// durable ([`Queue::flush`] makes pushes durable, not acks); under
+    /// `Sync` an ack returns durable already, and under `Interval` the
+    /// group's timer fsyncs within the interval.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, after which the group is poisoned.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.sync_journal()
+    }
+
     /// Acknowledges several reserved messages with one commit. Refused
     /// whole if any is not reserved.
     ///
