@@ -156,7 +156,7 @@ pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
     let queue = store.queue(&queue_name)?;
     let resumed = interrupted.is_some();
     let mut state = interrupted
-        .unwrap_or_else(|| resume::State::new(&args.file, &queue_name, args.include_buried, 0));
+        .unwrap_or_else(|| resume::State::new(&args.file, &queue_name, args.include_buried));
 
     // 3. Push, in batches; every RECORD_EVERY-th is announced in the record
     // before it starts.
@@ -198,7 +198,7 @@ pub fn run(global: &Global, args: Args) -> Result<Outcome, Error> {
             }
             if !batch_open {
                 if batches.is_multiple_of(RECORD_EVERY) {
-                    state.next_id = queue.log_stats()?.next_id;
+                    state.next_id = queue.next_id();
                     resume::save(&record_path, &state)?;
                 }
                 batches += 1;

@@ -11,10 +11,9 @@
 //! match the file's records from there, payload and priority, are the ones
 //! that got in since; the import goes on after them.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use millpond::fs::{RealFs, create_dir_durable, write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::failure::{Error, error};
@@ -34,8 +33,9 @@ pub struct State {
     /// The queue it goes into.
     pub queue: String,
     pub include_buried: bool,
-    /// File records taken so far (pushed or skipped as buried), and the id
-    /// the queue gave next when they were: the next batch starts there.
+    /// File records taken (pushed or skipped as buried) before the batch
+    /// the record was written for, and the id that batch's first message
+    /// gets.
     pub records_done: u64,
     pub next_id: u64,
     pub imported: u64,
@@ -48,14 +48,14 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(file: &Path, queue: &str, include_buried: bool, next_id: u64) -> State {
+    pub fn new(file: &Path, queue: &str, include_buried: bool) -> State {
         State {
             version: VERSION,
             file: file.display().to_string(),
             queue: queue.to_owned(),
             include_buried,
             records_done: 0,
-            next_id,
+            next_id: 0,
             imported: 0,
             delayed: 0,
             skipped_buried: 0,
@@ -111,25 +111,11 @@ pub fn save(path: &Path, state: &State) -> Result<(), Error> {
     let dir = path
         .parent()
         .expect("a record is inside the imports directory");
-    let io =
-        |what: &str, p: &Path, e: std::io::Error| error(format!("{what} {}: {e}", p.display()));
-    if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-        let store = dir.parent().expect("imports is inside the store");
-        sync_dir(store).map_err(|e| io("fsync directory", store, e))?;
-    }
-    let tmp = path.with_extension("json.tmp");
+    create_dir_durable(&RealFs, dir)
+        .map_err(|e| error(format!("create {}: {e}", dir.display())))?;
     let mut bytes = serde_json::to_vec_pretty(state).expect("a record serializes");
     bytes.push(b'\n');
-    let mut file = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-    file.write_all(&bytes).map_err(|e| io("write", &tmp, e))?;
-    file.sync_all().map_err(|e| io("fsync", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("rename to", path, e))?;
-    sync_dir(dir).map_err(|e| io("fsync directory", dir, e))
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir).and_then(|d| d.sync_all())
+    write_atomic(&RealFs, path, &bytes).map_err(|e| error(format!("write {}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -142,7 +128,7 @@ mod tests {
         let p = path(dir.path(), 1_700_000_000_000, 0xdead_beef);
         assert!(p.ends_with("imports/1700000000000-deadbeef.json"));
         assert_eq!(load(&p).expect("no record"), None);
-        let mut s = State::new(std::path::Path::new("jobs.mpx"), "jobs", false, 7);
+        let mut s = State::new(std::path::Path::new("jobs.mpx"), "jobs", false);
         save(&p, &s).expect("save");
         s.records_done = 1000;
         s.next_id = 1007;

@@ -196,9 +196,15 @@ pub(crate) fn write_zeros(file: &dyn FsFile, from: u64, to: u64) -> io::Result<(
     Ok(())
 }
 
-/// Replaces `path` atomically with `bytes`: write a temporary file, sync it,
-/// rename it over `path`, sync the directory.
-pub(crate) fn write_atomic(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Replaces `path` atomically with `bytes`: write `<path>.tmp`, sync it,
+/// rename it over `path`, sync the directory. After a crash `path` holds
+/// the old bytes or the new ones. Public for tools that keep files beside
+/// a store's (the command line's import records).
+///
+/// # Errors
+///
+/// The first failed step's I/O error.
+pub fn write_atomic(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -212,7 +218,11 @@ pub(crate) fn write_atomic(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> io::Result
 
 /// Creates `dir` and any missing parents, fsyncing the parent of each
 /// directory it creates so that the new entries survive a power cut.
-pub(crate) fn create_dir_durable(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
+///
+/// # Errors
+///
+/// The first failed step's I/O error.
+pub fn create_dir_durable(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
     let mut missing = Vec::new();
     let mut p = dir;
     while !fs.exists(p)? {

@@ -590,7 +590,9 @@ impl GroupInner {
             }
             moving.push(id);
         }
-        if let (Some(target), false) = (&target, moving.is_empty()) {
+        if let Some(target) = &target
+            && !moving.is_empty()
+        {
             // The `Ack`s below remove the messages from this group: the
             // pushes must be durable first, or a power cut that keeps this
             // group's journal (or a checkpoint) and not the dead-letter
