@@ -8,8 +8,19 @@
 //! on are *fresh*: never delivered, and cost no memory until they are
 //! delivered or set aside (the scan reads them in id order at the log's
 //! priority floor; see `docs/design.md`).
+//!
+//! First deliveries of consecutive fresh messages with one deadline and one
+//! priority (a batch reserve, or reserves within one millisecond) are held
+//! as a *run*: a range with a bit per message still reserved, not an entry
+//! and a lease each. A run member that is acked clears its bit; any other
+//! change first moves it out of its run into the entries. Runs are kept in
+//! id order and their deadlines never decrease along them, so the first run
+//! holds the first lease to expire.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// The most messages one run holds; a longer batch starts another.
+const RUN_MAX: u64 = 4096;
 
 /// Where a tracked message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +55,120 @@ pub enum Refused {
     NotBuried,
 }
 
+/// First deliveries (attempt 1) of the fresh ids `first..first + len`,
+/// reserved with one deadline at one priority; a set bit is a message still
+/// reserved. The first 64 bits are inline, so a short run allocates nothing.
+#[derive(Debug, Clone)]
+struct Run {
+    first: u64,
+    deadline: u64,
+    len: u32,
+    live: u32,
+    priority: u32,
+    head: u64,
+    rest: Vec<u64>,
+}
+
+impl Run {
+    fn new(first: u64, deadline: u64, priority: u32) -> Run {
+        Run {
+            first,
+            deadline,
+            len: 1,
+            live: 1,
+            priority,
+            head: 1,
+            rest: Vec::new(),
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.first + u64::from(self.len)
+    }
+
+    fn word(&mut self, i: u64) -> &mut u64 {
+        match i / 64 {
+            0 => &mut self.head,
+            w => &mut self.rest[w as usize - 1],
+        }
+    }
+
+    fn has(&self, id: u64) -> bool {
+        let i = id.wrapping_sub(self.first);
+        if i >= u64::from(self.len) {
+            return false;
+        }
+        let word = match i / 64 {
+            0 => self.head,
+            w => self.rest[w as usize - 1],
+        };
+        word >> (i % 64) & 1 == 1
+    }
+
+    /// Appends the next id, reserved.
+    fn push(&mut self) {
+        let i = u64::from(self.len);
+        if i >= 64 && i % 64 == 0 {
+            self.rest.push(0);
+        }
+        *self.word(i) |= 1 << (i % 64);
+        self.len += 1;
+        self.live += 1;
+    }
+
+    /// Clears `id` (which [`Run::has`]).
+    fn take(&mut self, id: u64) {
+        let i = id - self.first;
+        *self.word(i) &= !(1 << (i % 64));
+        self.live -= 1;
+    }
+
+    /// The ids still reserved, in order.
+    fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.head)
+            .chain(self.rest.iter().copied())
+            .enumerate()
+            .flat_map(move |(w, word)| {
+                let base = self.first + 64 * w as u64;
+                let mut rest = word;
+                std::iter::from_fn(move || {
+                    if rest == 0 {
+                        return None;
+                    }
+                    let b = rest.trailing_zeros();
+                    rest &= rest - 1;
+                    Some(base + u64::from(b))
+                })
+            })
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            state: EntryState::Reserved(self.deadline),
+            attempts: 1,
+            priority: self.priority,
+        }
+    }
+}
+
 /// The ack state of one group.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct GroupState {
     /// First id not yet seen by the fresh scan.
     pub cursor: u64,
     entries: BTreeMap<u64, Entry>,
+    /// Runs of fresh first deliveries, by id; none of their ids is in
+    /// `entries`. The first and the last hold a reserved message.
+    runs: VecDeque<Run>,
+    /// Messages reserved in runs.
+    run_live: usize,
+    /// When `runs` grows to this many, runs emptied by acks between live
+    /// ones are dropped (so they cost at most as much as the live ones).
+    runs_limit: usize,
+    /// Tests only: every entry in `entries`, as before runs existed (the
+    /// reference the runs are checked against).
+    #[cfg(test)]
+    no_runs: bool,
     ready: BTreeSet<(u32, u64)>,
     delayed: BTreeSet<(u64, u64)>,
     leases: BTreeSet<(u64, u64)>,
@@ -71,6 +190,23 @@ pub struct GroupState {
     pub exhausted: Vec<u64>,
 }
 
+/// Two states are equal when they track the same messages the same way,
+/// whether as runs or as entries.
+impl PartialEq for GroupState {
+    fn eq(&self, other: &GroupState) -> bool {
+        self.cursor == other.cursor
+            && self.acked_total == other.acked_total
+            && self.dead_lettered_total == other.dead_lettered_total
+            && self.retention_lost_total == other.retention_lost_total
+            && self.max_attempts == other.max_attempts
+            && self.closed_cleanly == other.closed_cleanly
+            && self.exhausted == other.exhausted
+            && self.entries().eq(other.entries())
+    }
+}
+
+impl Eq for GroupState {}
+
 impl GroupState {
     /// A group whose fresh scan starts at `cursor`.
     pub fn new(cursor: u64) -> GroupState {
@@ -82,20 +218,83 @@ impl GroupState {
 
     /// The tracked entry of `id`.
     pub fn entry(&self, id: u64) -> Option<Entry> {
-        self.entries.get(&id).copied()
+        match self.entries.get(&id) {
+            Some(e) => Some(*e),
+            None => self.run_of(id).map(|i| self.runs[i].entry()),
+        }
     }
 
     /// Every tracked entry, by id.
     pub fn entries(&self) -> impl Iterator<Item = (u64, Entry)> + '_ {
-        self.entries.iter().map(|(id, e)| (*id, *e))
+        let mut tracked = self.entries.iter().map(|(id, e)| (*id, *e)).peekable();
+        let mut in_runs = self
+            .runs
+            .iter()
+            .flat_map(|r| r.ids().map(move |id| (id, r.entry())))
+            .peekable();
+        std::iter::from_fn(move || match (tracked.peek(), in_runs.peek()) {
+            (Some(a), Some(b)) if b.0 < a.0 => in_runs.next(),
+            (Some(_), _) => tracked.next(),
+            (None, _) => in_runs.next(),
+        })
     }
 
     /// All ids below this are finished.
     pub fn floor(&self) -> u64 {
-        self.entries
-            .keys()
-            .next()
-            .map_or(self.cursor, |&id| id.min(self.cursor))
+        let tracked = self.entries.keys().next().copied();
+        let in_runs = self.runs.front().and_then(|r| r.ids().next());
+        [tracked, in_runs]
+            .into_iter()
+            .flatten()
+            .fold(self.cursor, u64::min)
+    }
+
+    /// The index of the run that holds `id` reserved.
+    fn run_of(&self, id: u64) -> Option<usize> {
+        let (front, back) = (self.runs.front()?, self.runs.back()?);
+        if id < front.first || id >= back.end() {
+            return None;
+        }
+        let i = self.runs.partition_point(|r| r.first <= id) - 1;
+        self.runs[i].has(id).then_some(i)
+    }
+
+    /// Drops runs with nothing reserved from both ends.
+    fn trim_runs(&mut self) {
+        while self.runs.front().is_some_and(|r| r.live == 0) {
+            self.runs.pop_front();
+        }
+        while self.runs.back().is_some_and(|r| r.live == 0) {
+            self.runs.pop_back();
+        }
+    }
+
+    /// Moves `id` out of its run, if it is in one, into the entries: every
+    /// change to it but an ack is made there.
+    fn unrun(&mut self, id: u64) {
+        if let Some(i) = self.run_of(id) {
+            let run = &mut self.runs[i];
+            run.take(id);
+            let e = run.entry();
+            self.run_live -= 1;
+            self.entries.insert(id, e);
+            self.index(id, e);
+            self.trim_runs();
+        }
+    }
+
+    /// Moves every member of the run at `i` into the entries and removes it.
+    fn unrun_all(&mut self, i: usize) {
+        let Some(run) = self.runs.remove(i) else {
+            return;
+        };
+        let e = run.entry();
+        for id in run.ids() {
+            self.entries.insert(id, e);
+            self.index(id, e);
+        }
+        self.run_live -= run.live as usize;
+        self.trim_runs();
     }
 
     fn index(&mut self, id: u64, e: Entry) {
@@ -126,6 +325,7 @@ impl GroupState {
 
     /// Sets (or inserts) the entry of `id`.
     pub fn set(&mut self, id: u64, e: Entry) {
+        self.unrun(id);
         if let Some(old) = self.entries.insert(id, e) {
             self.unindex(id, old);
         }
@@ -133,6 +333,7 @@ impl GroupState {
     }
 
     fn remove(&mut self, id: u64) -> Option<Entry> {
+        self.unrun(id);
         let e = self.entries.remove(&id)?;
         self.unindex(id, e);
         Some(e)
@@ -159,6 +360,11 @@ impl GroupState {
     /// buried once `max_attempts` deliveries were made). Returns how many
     /// moved.
     pub fn tick(&mut self, now: u64, max_attempts: u32) -> usize {
+        // Runs expire in order; their members are released one by one with
+        // the other leases below.
+        while self.runs.front().is_some_and(|r| r.deadline <= now) {
+            self.unrun_all(0);
+        }
         let mut moved = 0;
         while let Some(&(t, id)) = self.delayed.first() {
             if t > now {
@@ -239,6 +445,9 @@ impl GroupState {
 
     /// Every live lease becomes a lost lease (recovery after a crash).
     pub fn release_all_leases(&mut self, max_attempts: u32) {
+        while !self.runs.is_empty() {
+            self.unrun_all(0);
+        }
         let ids: Vec<u64> = self.leases.iter().map(|&(_, id)| id).collect();
         for id in ids {
             self.release_lost_lease(id, max_attempts);
@@ -254,6 +463,10 @@ impl GroupState {
     pub fn next_deadline(&self) -> Option<u64> {
         let d = self.delayed.first().map(|&(t, _)| t);
         let l = self.leases.first().map(|&(t, _)| t);
+        let l = match (l, self.runs.front()) {
+            (Some(t), Some(r)) => Some(t.min(r.deadline)),
+            (t, r) => t.or(r.map(|r| r.deadline)),
+        };
         match (d, l) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -275,6 +488,35 @@ impl GroupState {
     pub fn reserve_fresh(&mut self, id: u64, deadline: u64, attempts: u32, priority: u32) {
         debug_assert!(id >= self.cursor);
         self.cursor = id + 1;
+        #[cfg(not(test))]
+        let in_run = attempts == 1;
+        #[cfg(test)]
+        let in_run = attempts == 1 && !self.no_runs;
+        if in_run {
+            match self.runs.back_mut() {
+                Some(r)
+                    if r.end() == id
+                        && r.deadline == deadline
+                        && r.priority == priority
+                        && u64::from(r.len) < RUN_MAX =>
+                {
+                    r.push();
+                    self.run_live += 1;
+                    return;
+                }
+                // Deadlines never decrease along the runs.
+                Some(r) if r.deadline > deadline => {}
+                _ => {
+                    if self.runs.len() >= self.runs_limit {
+                        self.runs.retain(|r| r.live > 0);
+                        self.runs_limit = (2 * self.runs.len()).max(64);
+                    }
+                    self.runs.push_back(Run::new(id, deadline, priority));
+                    self.run_live += 1;
+                    return;
+                }
+            }
+        }
         self.set(
             id,
             Entry {
@@ -311,14 +553,21 @@ impl GroupState {
     }
 
     fn reserved(&self, id: u64) -> Result<Entry, Refused> {
-        match self.entries.get(&id) {
-            Some(e) if matches!(e.state, EntryState::Reserved(_)) => Ok(*e),
+        match self.entry(id) {
+            Some(e) if matches!(e.state, EntryState::Reserved(_)) => Ok(e),
             _ => Err(Refused::NotReserved),
         }
     }
 
     /// Acknowledges a reserved message: it is finished.
     pub fn ack(&mut self, id: u64) -> Result<(), Refused> {
+        if let Some(i) = self.run_of(id) {
+            self.runs[i].take(id);
+            self.run_live -= 1;
+            self.trim_runs();
+            self.acked_total += 1;
+            return Ok(());
+        }
         self.reserved(id)?;
         self.remove(id);
         self.acked_total += 1;
@@ -366,7 +615,7 @@ impl GroupState {
 
     /// Revives a buried (or delayed) message: ready now, attempts reset.
     pub fn kick_id(&mut self, id: u64) -> Result<(), Refused> {
-        match self.entries.get(&id) {
+        match self.entry(id) {
             Some(e) if matches!(e.state, EntryState::Buried | EntryState::Delayed(_)) => {
                 let e = Entry {
                     state: EntryState::Ready,
@@ -407,9 +656,8 @@ impl GroupState {
     /// Reserves a tracked message that is ready, delayed or buried (by
     /// id, out of order); returns its attempt number.
     pub fn reserve_id(&mut self, id: u64, deadline: u64) -> Result<u32, Refused> {
-        match self.entries.get(&id) {
-            Some(e) if !matches!(e.state, EntryState::Reserved(_)) => {
-                let mut e = *e;
+        match self.entry(id) {
+            Some(mut e) if !matches!(e.state, EntryState::Reserved(_)) => {
                 e.attempts = e.attempts.saturating_add(1);
                 e.state = EntryState::Reserved(deadline);
                 self.set(id, e);
@@ -443,7 +691,7 @@ impl GroupState {
     pub fn counts(&self) -> (usize, usize, usize, usize) {
         (
             self.ready.len(),
-            self.leases.len(),
+            self.leases.len() + self.run_live,
             self.delayed.len(),
             self.buried.len(),
         )
@@ -452,6 +700,11 @@ impl GroupState {
     /// Drops entries at or past `end` and pulls the cursor back to it (they
     /// refer to messages the log no longer has). Returns how many.
     pub fn clamp(&mut self, end: u64) -> usize {
+        while let Some(i) = self.runs.len().checked_sub(1)
+            && self.runs[i].end() > end
+        {
+            self.unrun_all(i);
+        }
         let ids: Vec<u64> = self.entries.range(end..).map(|(id, _)| *id).collect();
         for id in &ids {
             self.remove(*id);
@@ -469,6 +722,9 @@ impl GroupState {
     /// retention or compaction) and returns how many of them the group had
     /// not finished: those count as lost to retention.
     pub fn forget_below(&mut self, first: u64) -> u64 {
+        while self.runs.front().is_some_and(|r| r.first < first) {
+            self.unrun_all(0);
+        }
         let ids: Vec<u64> = self.entries.range(..first).map(|(id, _)| *id).collect();
         let mut lost = ids.len() as u64;
         for id in ids {
@@ -487,13 +743,21 @@ impl GroupState {
         if lo >= hi {
             return Vec::new();
         }
-        self.entries.range(lo..hi).map(|(id, _)| *id).collect()
+        let mut ids: Vec<u64> = self.entries.range(lo..hi).map(|(id, _)| *id).collect();
+        for r in &self.runs {
+            if r.end() > lo && r.first < hi {
+                ids.extend(r.ids().filter(|id| (lo..hi).contains(id)));
+            }
+        }
+        ids.sort_unstable();
+        ids
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn fifo_consumption_tracks_only_in_flight() {
@@ -581,5 +845,234 @@ mod tests {
         assert_eq!(s.best_ready(), Some((1, 7)));
         s.reserve_tracked(7, 9);
         assert_eq!(s.best_ready(), Some((3, 3)));
+    }
+
+    /// One step of the differential test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        ReserveFresh {
+            gap: u64,
+            lease: u64,
+            priority: u32,
+            attempts: u32,
+        },
+        SetAside {
+            gap: u64,
+            priority: u32,
+            delay: u64,
+        },
+        Advance(u64),
+        ReserveBest {
+            lease: u64,
+        },
+        Ack(u64),
+        Nack {
+            id: u64,
+            delay: u64,
+        },
+        Touch {
+            id: u64,
+            lease: u64,
+        },
+        Bury(u64),
+        Kick(u64),
+        Delete(u64),
+        Priority {
+            id: u64,
+            priority: u32,
+        },
+        ReserveId {
+            id: u64,
+            lease: u64,
+        },
+        FinishBuried(u64),
+        ReleaseAll,
+        Clamp(u64),
+        ForgetBelow(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let id = 0u64..48;
+        prop_oneof![
+            8 => (0u64..3, 0u64..3, 0u32..2, 1u32..3).prop_map(|(gap, lease, priority, attempts)| {
+                Op::ReserveFresh { gap, lease: lease * 10, priority, attempts }
+            }),
+            2 => (0u64..3, 0u32..3, 0u64..3).prop_map(|(gap, priority, delay)| {
+                Op::SetAside { gap, priority, delay: delay * 10 }
+            }),
+            2 => (0u64..25).prop_map(Op::Advance),
+            2 => (0u64..3).prop_map(|l| Op::ReserveBest { lease: l * 10 }),
+            8 => id.clone().prop_map(Op::Ack),
+            2 => (id.clone(), 0u64..3).prop_map(|(id, d)| Op::Nack { id, delay: d * 10 }),
+            2 => (id.clone(), 0u64..3).prop_map(|(id, l)| Op::Touch { id, lease: l * 10 }),
+            1 => id.clone().prop_map(Op::Bury),
+            1 => id.clone().prop_map(Op::Kick),
+            1 => id.clone().prop_map(Op::Delete),
+            1 => (id.clone(), 0u32..3).prop_map(|(id, priority)| Op::Priority { id, priority }),
+            1 => (id.clone(), 0u64..3).prop_map(|(id, l)| Op::ReserveId { id, lease: l * 10 }),
+            1 => id.clone().prop_map(Op::FinishBuried),
+            1 => Just(Op::ReleaseAll),
+            1 => (0u64..50).prop_map(Op::Clamp),
+            1 => (0u64..50).prop_map(Op::ForgetBelow),
+        ]
+    }
+
+    /// Applies `op` at `now`; returns what a caller could see of it.
+    fn apply(s: &mut GroupState, op: &Op, now: &mut u64) -> String {
+        let max = 2;
+        match *op {
+            Op::ReserveFresh {
+                gap,
+                lease,
+                priority,
+                attempts,
+            } => {
+                let id = s.cursor + gap;
+                s.reserve_fresh(id, *now + lease, attempts, priority);
+                String::new()
+            }
+            Op::SetAside {
+                gap,
+                priority,
+                delay,
+            } => {
+                let id = s.cursor + gap;
+                s.set_aside(id, priority, *now + delay, *now);
+                s.cursor = id + 1;
+                String::new()
+            }
+            Op::Advance(ms) => {
+                *now += ms;
+                format!("{}", s.tick(*now, max))
+            }
+            Op::ReserveBest { lease } => match s.best_ready() {
+                Some((_, id)) => format!("{}", s.reserve_tracked(id, *now + lease)),
+                None => String::new(),
+            },
+            Op::Ack(id) => format!("{:?}", s.ack(id)),
+            Op::Nack { id, delay } => format!("{:?}", s.nack(id, *now + delay, *now, max)),
+            Op::Touch { id, lease } => format!("{:?}", s.touch(id, *now + lease)),
+            Op::Bury(id) => format!("{:?}", s.bury(id)),
+            Op::Kick(id) => format!("{:?}", s.kick_id(id)),
+            Op::Delete(id) => format!("{}", s.delete(id)),
+            Op::Priority { id, priority } => format!("{}", s.set_priority(id, priority)),
+            Op::ReserveId { id, lease } => format!("{:?}", s.reserve_id(id, *now + lease)),
+            Op::FinishBuried(id) => format!("{}", s.finish_buried(id)),
+            Op::ReleaseAll => {
+                s.release_all_leases(max);
+                String::new()
+            }
+            Op::Clamp(end) => format!("{}", s.clamp(end.max(s.floor()))),
+            Op::ForgetBelow(first) => format!("{}", s.forget_below(first)),
+        }
+    }
+
+    /// Everything a caller can ask of the state.
+    fn observe(s: &GroupState) -> String {
+        format!(
+            "cursor {} floor {} counts {:?} best {:?} deadline {:?} delayed {:?} buried {:?} \
+             exhausted {:?} totals {} {} {} tracked {:?} entries {:?}",
+            s.cursor,
+            s.floor(),
+            s.counts(),
+            s.best_ready(),
+            s.next_deadline(),
+            s.delayed_first(100),
+            s.buried_ids(100),
+            s.exhausted,
+            s.acked_total,
+            s.dead_lettered_total,
+            s.retention_lost_total,
+            s.tracked_in(0, 64),
+            s.entries().collect::<Vec<_>>(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Runs are a representation only: every operation answers and
+        /// leaves the state exactly as with one entry per message.
+        #[test]
+        fn runs_behave_as_one_entry_per_message(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut runs = GroupState::new(1);
+            let mut plain = GroupState::new(1);
+            plain.no_runs = true;
+            let (mut now_a, mut now_b) = (100, 100);
+            for (i, op) in ops.iter().enumerate() {
+                let a = apply(&mut runs, op, &mut now_a);
+                let b = apply(&mut plain, op, &mut now_b);
+                prop_assert_eq!(&a, &b, "step {}: {:?}", i, op);
+                prop_assert_eq!(observe(&runs), observe(&plain), "after step {}: {:?}", i, op);
+                prop_assert_eq!(&runs, &plain);
+                for id in 0..64 {
+                    prop_assert_eq!(runs.entry(id), plain.entry(id), "entry {}", id);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_of_fresh_reserves_is_one_run_and_acks_clear_it() {
+        let mut s = GroupState::new(1);
+        for id in 1..=5000 {
+            s.reserve_fresh(id, 500, 1, 0);
+        }
+        // RUN_MAX ids to a run.
+        assert_eq!(s.runs.len(), 2);
+        assert!(s.entries.is_empty() && s.leases.is_empty());
+        assert_eq!(s.counts(), (0, 5000, 0, 0));
+        assert_eq!(s.floor(), 1);
+        assert_eq!(s.next_deadline(), Some(500));
+        s.ack(1).unwrap();
+        s.ack(3).unwrap();
+        assert_eq!(s.floor(), 2);
+        assert_eq!(s.ack(3), Err(Refused::NotReserved));
+        // A change other than an ack moves the message out of its run.
+        s.nack(2, 0, 0, 5).unwrap();
+        assert_eq!(s.entries.len(), 1);
+        assert_eq!(s.entry(2).unwrap().state, EntryState::Ready);
+        for id in 4..=5000 {
+            s.ack(id).unwrap();
+        }
+        assert!(s.runs.is_empty());
+        assert_eq!(s.acked_total, 4999);
+        assert_eq!(s.floor(), 2);
+    }
+
+    #[test]
+    fn runs_acked_behind_a_held_one_do_not_pile_up() {
+        let mut s = GroupState::new(1);
+        // Held (never acked): the first run stays.
+        s.reserve_fresh(1, 500, 1, 0);
+        // Then single reserves, each at a new millisecond, each acked after
+        // the next one is reserved: the acked run is between live ones.
+        for id in 2..100_002 {
+            s.reserve_fresh(id, 1000 + id, 1, 0);
+            if id > 2 {
+                s.ack(id - 1).unwrap();
+            }
+        }
+        assert!(s.runs.len() <= 128, "{} runs", s.runs.len());
+        assert_eq!(s.counts(), (0, 2, 0, 0));
+        assert_eq!(s.floor(), 1);
+        assert_eq!(
+            s.entries().map(|(id, _)| id).collect::<Vec<_>>(),
+            [1, 100_001]
+        );
+    }
+
+    #[test]
+    fn an_expired_run_releases_each_member_with_its_attempt() {
+        let mut s = GroupState::new(1);
+        for id in 1..=3 {
+            s.reserve_fresh(id, 50, 1, 4);
+        }
+        s.ack(2).unwrap();
+        assert_eq!(s.tick(49, 1), 0);
+        assert_eq!(s.tick(50, 1), 2);
+        assert_eq!(s.counts(), (0, 0, 0, 2));
+        assert_eq!(s.exhausted, vec![1, 3]);
+        assert_eq!(s.entry(3).unwrap().priority, 4);
     }
 }
