@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use millpond::fs::{CrashOptions, Fs, SimFs};
+use millpond::fs::{CrashOptions, Fs, OpenMode, SimFs};
+use millpond::group::journal;
 use millpond::{DEFAULT_GROUP, Durability, Options, Store};
 use millpond_suite::payload;
 
@@ -105,4 +106,61 @@ fn clean_close_then_open_rewrites_the_checkpoint() {
     let (store, kept) = open(&sim);
     assert!(!kept);
     drop(store);
+}
+
+/// An idle group's journal of format version 1 is not kept on reopen, so
+/// the run records a batch then writes (version 2) never land in a file
+/// whose header tells an older build it can read it. The kept journal
+/// would take the batch's run records under a version 1 header.
+#[test]
+fn idle_group_with_a_version_1_journal_gets_a_version_2_one() {
+    let sim = SimFs::new(3);
+    let (store, _) = open(&sim);
+    let q = store.queue("q").unwrap();
+    for i in 0..5 {
+        q.push(payload(i, 50)).unwrap();
+    }
+    let image = sim.crash_image(CrashOptions::harsh());
+    drop((q, store));
+
+    // Make the idle group's journal what an older build wrote: its header
+    // as version 1.
+    let [name] = &journals(&image)[..] else {
+        panic!("one journal")
+    };
+    let path = Path::new("/s/queues/q/groups/default").join(name);
+    let seq = journal::parse_file_name(name).unwrap();
+    let mut header = journal::encode_header(seq);
+    header[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32fast::hash(&header[..28]);
+    header[28..].copy_from_slice(&crc.to_le_bytes());
+    let f = image.open(&path, OpenMode::ReadWrite).unwrap();
+    f.write_all_at(&header, 0).unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+
+    let (store, kept) = open(&image);
+    assert!(!kept, "a version 1 journal is replaced");
+    let g = store.queue("q").unwrap().group(DEFAULT_GROUP).unwrap();
+    let ids: Vec<u64> = g
+        .reserve_batch(5, LEASE)
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    g.flush().unwrap();
+    for name in journals(&image) {
+        let path = Path::new("/s/queues/q/groups/default").join(&name);
+        let bytes = image.file_bytes(&path).unwrap();
+        let replay =
+            journal::read(&path, &bytes, journal::parse_file_name(&name).unwrap()).unwrap();
+        assert_eq!(replay.version, journal::VERSION, "{name}");
+        assert_eq!(replay.records.len(), 5, "{name}: five reserves");
+        assert_eq!(
+            replay.end,
+            journal::HEADER_LEN + journal::RECORD_LEN as u64,
+            "{name}: in one run record"
+        );
+    }
 }

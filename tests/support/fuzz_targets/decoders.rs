@@ -248,8 +248,47 @@ fn reference_record(b: &[u8]) -> Option<Record> {
         4 => Record::Bury { id },
         5 => Record::Kick { id },
         6 => Record::DeadLetter { id },
+        7 => Record::Delete { id },
+        8 if arg >> 32 == 0 => Record::Priority {
+            id,
+            priority: arg as u32,
+        },
+        9 => Record::Track { id },
         _ => return None,
     })
+}
+
+/// The records a journal slot stands for: one, or a run's (kinds 10 and
+/// 11, `docs/format.md`).
+fn reference_slot(b: &[u8]) -> Option<Vec<Record>> {
+    if let Some(r) = reference_record(b) {
+        return Some(vec![r]);
+    }
+    if b.len() < 24 || crc32(&b[4..24]) != le32(b, 0) || b[5..8] != [0, 0, 0] {
+        return None;
+    }
+    let (first, arg) = (le64(b, 8), le64(b, 16));
+    let count = arg & 0xffff_ffff;
+    if count == 0 || count > 65_536 || first.checked_add(count).is_none() {
+        return None;
+    }
+    match b[4] {
+        10 => Some(
+            (first..first + count)
+                .map(|id| Record::Reserve {
+                    id,
+                    attempts: 1,
+                    priority: (arg >> 32) as u32,
+                })
+                .collect(),
+        ),
+        11 if arg >> 32 == 0 => Some(
+            (first..first + count)
+                .map(|id| Record::Ack { id })
+                .collect(),
+        ),
+        _ => None,
+    }
 }
 
 /// What reading a journal file gives, in a comparable form.
@@ -279,7 +318,7 @@ fn reference_journal(b: &[u8], seq: u64) -> JournalVerdict {
         }
         return JournalVerdict::Corruption(0);
     }
-    if le32(b, 8) > 1 {
+    if le32(b, 8) > 2 {
         return JournalVerdict::Version(le32(b, 8));
     }
     if le64(b, 16) != seq {
@@ -288,10 +327,10 @@ fn reference_journal(b: &[u8], seq: u64) -> JournalVerdict {
     let mut records = Vec::new();
     let mut pos = 32;
     while pos + 24 <= b.len() {
-        let Some(r) = reference_record(&b[pos..pos + 24]) else {
+        let Some(r) = reference_slot(&b[pos..pos + 24]) else {
             break;
         };
-        records.push(r);
+        records.extend(r);
         pos += 24;
     }
     // Zeros up to the end are preallocated space (format.md), not torn.
@@ -379,7 +418,7 @@ fn reference_checkpoint(b: &[u8]) -> CheckpointVerdict {
     if b.len() < H || b[..8] != *b"MLPDCKP\0" {
         return CheckpointVerdict::Corruption(0);
     }
-    if le32(b, 8) > 1 {
+    if le32(b, 8) > 2 {
         return CheckpointVerdict::Version(le32(b, 8));
     }
     let n = le32(b, 12) as usize;

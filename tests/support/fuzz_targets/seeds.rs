@@ -169,6 +169,9 @@ fn journal_seeds() -> Vec<(&'static str, Vec<u8>)> {
         Record::Bury { id: 2 },
         Record::Kick { id: 2 },
         Record::DeadLetter { id: 3 },
+        Record::Delete { id: 4 },
+        Record::Priority { id: 5, priority: 3 },
+        Record::Track { id: 6 },
     ];
     let mut file = journal::encode_header(7).to_vec();
     for r in &records {
@@ -176,9 +179,21 @@ fn journal_seeds() -> Vec<(&'static str, Vec<u8>)> {
     }
     let mut torn = file.clone();
     torn.truncate(torn.len() - 10);
+    // A batch reserve and its batch ack: a run record each.
+    let batch: Vec<Record> = (10..20)
+        .map(|id| Record::Reserve {
+            id,
+            attempts: 1,
+            priority: 2,
+        })
+        .chain((10..20).map(|id| Record::Ack { id }))
+        .collect();
+    let mut runs = journal::encode_header(7).to_vec();
+    journal::encode_all(&batch, &mut runs);
     vec![
         ("header_only", journal::encode_header(7).to_vec()),
         ("every_kind", file),
+        ("runs", runs),
         ("torn", torn),
         ("record", Record::Ack { id: 99 }.encode().to_vec()),
         ("zeros", vec![0; 80]),

@@ -5,7 +5,7 @@
 //! journal file (journal-NNNNNNNNNNNNNNNNNNNN.log, by sequence number)
 //! offset  size  field
 //! 0       8     magic "MLPDJRN\0"
-//! 8       4     format version, u32 (1)
+//! 8       4     format version, u32 (2; 1 has no run records)
 //! 12      4     reserved, 0
 //! 16      8     sequence number, u64
 //! 24      4     reserved, 0
@@ -19,13 +19,21 @@
 //!               7 delete (finished in any state), 8 priority (the
 //!               message's new priority), 9 track (every fresh message
 //!               from the cursor up to and including the id becomes
-//!               tracked; the cursor moves past the id)
+//!               tracked; the cursor moves past the id), 10 reserve
+//!               run, 11 ack run (version 2)
 //! 5       3     reserved, 0
-//! 8       8     message id, u64
+//! 8       8     message id, u64 (of a run: its first id)
 //! 16      8     argument, u64: reserve = attempt number (low 32 bits)
 //!               and priority (high 32 bits); nack = retry time (unix
-//!               ms); priority = the priority (low 32 bits); others 0
+//!               ms); priority = the priority (low 32 bits); reserve run
+//!               = count (low 32 bits) and priority (high 32 bits); ack
+//!               run = count (low 32 bits); others 0
 //! ```
+//!
+//! A run record stands for `count` records of consecutive ids from its id:
+//! a reserve run for reserves with attempt number 1 at its priority, an ack
+//! run for acks. [`encode_all`] writes them for the runs in a batch;
+//! [`read`] gives them back as the records they stand for.
 
 use std::path::Path;
 
@@ -34,7 +42,9 @@ use crate::error::{Error, Result};
 /// Journal file magic.
 pub const MAGIC: [u8; 8] = *b"MLPDJRN\0";
 /// Journal format version written by this build.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The most records one run record stands for.
+pub const RUN_MAX: u64 = 65_536;
 /// Bytes of the journal header.
 pub const HEADER_LEN: u64 = 32;
 /// Bytes of one record.
@@ -100,6 +110,112 @@ pub enum Record {
     },
 }
 
+/// A record's 24 bytes: kind, id and argument, with the CRC.
+fn encode_raw(kind: u8, id: u64, arg: u64) -> [u8; RECORD_LEN] {
+    let mut b = [0u8; RECORD_LEN];
+    b[4] = kind;
+    b[8..16].copy_from_slice(&id.to_le_bytes());
+    b[16..24].copy_from_slice(&arg.to_le_bytes());
+    let crc = crc32fast::hash(&b[4..]);
+    b[..4].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// How many of `recs` from the first continue its run: reserves of
+/// consecutive ids with attempt number 1 at one priority, or acks of
+/// consecutive ids (1 when the first starts none).
+fn run_len(recs: &[Record]) -> usize {
+    let same = |a: &Record, b: &Record| match (*a, *b) {
+        (
+            Record::Reserve {
+                id: x,
+                attempts: 1,
+                priority: p,
+            },
+            Record::Reserve {
+                id: y,
+                attempts: 1,
+                priority: q,
+            },
+        ) => y == x.wrapping_add(1) && p == q,
+        (Record::Ack { id: x }, Record::Ack { id: y }) => y == x.wrapping_add(1),
+        _ => false,
+    };
+    let max = RUN_MAX as usize;
+    1 + recs
+        .windows(2)
+        .take(max - 1)
+        .take_while(|w| same(&w[0], &w[1]))
+        .count()
+}
+
+/// Encodes `recs` in order, a run of two or more consecutive reserves
+/// (attempt 1, one priority) or acks as one run record.
+pub fn encode_all(recs: &[Record], out: &mut Vec<u8>) {
+    let mut rest = recs;
+    while let Some(first) = rest.first() {
+        let n = run_len(rest);
+        let count = n as u64;
+        match *first {
+            Record::Reserve { id, priority, .. } if n > 1 => {
+                out.extend_from_slice(&encode_raw(10, id, count | u64::from(priority) << 32));
+            }
+            Record::Ack { id } if n > 1 => out.extend_from_slice(&encode_raw(11, id, count)),
+            rec => out.extend_from_slice(&rec.encode()),
+        }
+        rest = &rest[n..];
+    }
+}
+
+/// Decodes one record slot into the records it stands for (one, or a
+/// run's), appended to `out`; false, with nothing appended, if it fails its
+/// check or is unknown.
+pub fn decode_into(b: &[u8], out: &mut Vec<Record>) -> bool {
+    if let Some(rec) = Record::decode(b) {
+        out.push(rec);
+        return true;
+    }
+    let Some((kind, first, arg)) = checked(b) else {
+        return false;
+    };
+    let count = arg & 0xffff_ffff;
+    if !(kind == 10 || (kind == 11 && arg >> 32 == 0))
+        || count == 0
+        || count > RUN_MAX
+        || first.checked_add(count).is_none()
+    {
+        return false;
+    }
+    let priority = (arg >> 32) as u32;
+    out.extend((first..first + count).map(|id| {
+        if kind == 10 {
+            Record::Reserve {
+                id,
+                attempts: 1,
+                priority,
+            }
+        } else {
+            Record::Ack { id }
+        }
+    }));
+    true
+}
+
+/// Kind, id and argument of a record slot that passes its CRC and has its
+/// reserved bytes zero.
+fn checked(b: &[u8]) -> Option<(u8, u64, u64)> {
+    if b.len() < RECORD_LEN {
+        return None;
+    }
+    let crc = u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
+    if crc != crc32fast::hash(&b[4..RECORD_LEN]) || b[5..8] != [0, 0, 0] {
+        return None;
+    }
+    let id = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+    let arg = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
+    Some((b[4], id, arg))
+}
+
 impl Record {
     /// Encodes the record.
     pub fn encode(&self) -> [u8; RECORD_LEN] {
@@ -118,27 +234,14 @@ impl Record {
             Record::Priority { id, priority } => (8, id, u64::from(priority)),
             Record::Track { id } => (9, id, 0),
         };
-        let mut b = [0u8; RECORD_LEN];
-        b[4] = kind;
-        b[8..16].copy_from_slice(&id.to_le_bytes());
-        b[16..24].copy_from_slice(&arg.to_le_bytes());
-        let crc = crc32fast::hash(&b[4..]);
-        b[..4].copy_from_slice(&crc.to_le_bytes());
-        b
+        encode_raw(kind, id, arg)
     }
 
-    /// Decodes a record; `None` if it fails its check or is unknown.
+    /// Decodes a record that stands for itself (not a run: see
+    /// [`decode_into`]); `None` if it fails its check or is unknown.
     pub fn decode(b: &[u8]) -> Option<Record> {
-        if b.len() < RECORD_LEN {
-            return None;
-        }
-        let crc = u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
-        if crc != crc32fast::hash(&b[4..RECORD_LEN]) || b[5..8] != [0, 0, 0] {
-            return None;
-        }
-        let id = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
-        let arg = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
-        Some(match b[4] {
+        let (kind, id, arg) = checked(b)?;
+        Some(match kind {
             1 => Record::Reserve {
                 id,
                 attempts: (arg & 0xffff_ffff) as u32,
@@ -194,6 +297,8 @@ pub struct Replay {
     /// Bytes after `end` that were not a valid record (a torn tail); 0
     /// when they are all zeros (preallocated space).
     pub torn_bytes: u64,
+    /// The header's format version (0: no complete header).
+    pub version: u32,
 }
 
 /// Reads a journal file: header check, then records up to the first bad one.
@@ -236,14 +341,11 @@ pub fn read(path: &Path, bytes: &[u8], seq: u64) -> Result<Replay> {
     }
     let mut r = Replay {
         end: HEADER_LEN,
+        version,
         ..Replay::default()
     };
     let mut pos = HEADER_LEN as usize;
-    while pos + RECORD_LEN <= bytes.len() {
-        match Record::decode(&bytes[pos..pos + RECORD_LEN]) {
-            Some(rec) => r.records.push(rec),
-            None => break,
-        }
+    while pos + RECORD_LEN <= bytes.len() && decode_into(&bytes[pos..], &mut r.records) {
         pos += RECORD_LEN;
     }
     r.end = pos as u64;
@@ -319,6 +421,60 @@ mod tests {
         let r = read(Path::new("j"), &bytes, 4).unwrap();
         assert_eq!(r.records, vec![Record::Ack { id: 1 }]);
         assert_eq!(r.torn_bytes, 4001);
+    }
+
+    #[test]
+    fn a_batch_is_written_as_run_records_and_read_back_as_its_records() {
+        let reserve = |id, attempts, priority| Record::Reserve {
+            id,
+            attempts,
+            priority,
+        };
+        let mut recs: Vec<Record> = (5..1005).map(|id| reserve(id, 1, 3)).collect();
+        // Not a run: a second attempt, a gap, another priority, a lone ack.
+        recs.push(reserve(1005, 2, 3));
+        recs.push(reserve(1007, 1, 3));
+        recs.push(reserve(1008, 1, 4));
+        recs.extend((5..1005).map(|id| Record::Ack { id }));
+        recs.push(Record::Ack { id: 1007 });
+        let mut bytes = encode_header(1).to_vec();
+        encode_all(&recs, &mut bytes);
+        // Reserve run, 3 single reserves, ack run, single ack.
+        assert_eq!(bytes.len(), HEADER_LEN as usize + 6 * RECORD_LEN);
+        let r = read(Path::new("j"), &bytes, 1).unwrap();
+        assert_eq!(r.records, recs);
+        assert_eq!((r.end, r.torn_bytes), (bytes.len() as u64, 0));
+
+        // A run longer than RUN_MAX is split.
+        let long: Vec<Record> = (0..RUN_MAX + 1).map(|id| Record::Ack { id }).collect();
+        let mut bytes = encode_header(1).to_vec();
+        encode_all(&long, &mut bytes);
+        assert_eq!(bytes.len(), HEADER_LEN as usize + 2 * RECORD_LEN);
+        assert_eq!(read(Path::new("j"), &bytes, 1).unwrap().records, long);
+    }
+
+    #[test]
+    fn run_records_out_of_bounds_are_not_records() {
+        let mut out = Vec::new();
+        for (kind, id, arg) in [
+            (10, 1, 0),            // no members
+            (11, 1, RUN_MAX + 1),  // too many
+            (11, u64::MAX - 1, 5), // ids past u64::MAX
+            (11, 1, 2 | 1 << 32),  // ack run with a priority
+            (12, 1, 2),            // unknown kind
+        ] {
+            assert!(
+                !decode_into(&encode_raw(kind, id, arg), &mut out),
+                "{kind} {id} {arg}"
+            );
+            assert_eq!(Record::decode(&encode_raw(kind, id, arg)), None);
+        }
+        assert!(out.is_empty());
+        assert!(decode_into(&encode_raw(11, 7, RUN_MAX), &mut out));
+        assert_eq!(out.len() as u64, RUN_MAX);
+        let mut b = encode_raw(10, 1, 2);
+        b[9] ^= 1;
+        assert!(!decode_into(&b, &mut out), "a damaged run record");
     }
 
     proptest! {

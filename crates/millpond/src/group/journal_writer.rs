@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::journal::{HEADER_LEN, RECORD_LEN, Record, encode_header, file_name};
+use super::journal::{HEADER_LEN, Record, encode_all, encode_header, file_name};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{Fs, FsFile, OpenMode};
 
@@ -332,10 +332,7 @@ impl Journal {
         if let Some(cause) = &st.poisoned {
             return Err(poisoned(cause));
         }
-        st.buf.reserve(recs.len() * RECORD_LEN);
-        for rec in recs {
-            st.buf.extend_from_slice(&rec.encode());
-        }
+        encode_all(recs, &mut st.buf);
         st.appended += recs.len() as u64;
         let ticket = st.appended;
         drop(st);

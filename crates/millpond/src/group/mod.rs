@@ -392,7 +392,10 @@ impl GroupInner {
                 .ctx("read journal", &path)?;
             let replay = journal::read(&path, &bytes, seq)?;
             if seq == from_seq {
+                // A journal of an older version is not kept: records this
+                // build writes (runs) need the current one.
                 empty_journal = replay.records.is_empty()
+                    && replay.version == journal::VERSION
                     && replay.torn_bytes == 0
                     && replay.end == journal::HEADER_LEN;
             }
