@@ -164,3 +164,35 @@ fn damaged_frames_across_a_segment_boundary_do_not_wedge_a_group() {
         assert!(g.reserve(LEASE).unwrap().is_none(), "{name}: nothing left");
     }
 }
+
+/// A batch reserve that meets a damaged message after it reserved others
+/// hands those out and reports the damage on the next call. It used to
+/// drop the error: the scan had moved past the damaged frame, so no later
+/// call met it again, and `millpond reserve -n 5` (which reserves in
+/// batches) exited 0 over a damaged message.
+#[test]
+fn regression_batch_reserve_dropped_the_damage_it_met() {
+    let dir = tempfile::tempdir().unwrap();
+    let qdir = dir.path().join("queues/q");
+    let store = Store::open(dir.path(), options()).unwrap();
+    let q = store.queue("q").unwrap();
+    for id in 1..=10 {
+        assert_eq!(q.push(msg(id)).unwrap(), id);
+    }
+    drop(q);
+    store.close().unwrap();
+    drop(store);
+    let damaged = damage(&qdir, 3);
+
+    let store = Store::open(dir.path(), options()).unwrap();
+    let g = store.queue("q").unwrap().group("default").unwrap();
+    let ids = |ds: Vec<millpond::Delivery>| ds.iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(g.reserve_batch(5, LEASE).unwrap()), [1, 2]);
+    match g.reserve_batch(5, LEASE) {
+        Err(Error::Corruption { path, .. }) => assert_eq!(path, damaged),
+        other => panic!("the damage is reported next: {:?}", other.map(ids)),
+    }
+    assert_eq!(ids(g.reserve_batch(5, LEASE).unwrap()), [4, 5, 6, 7, 8]);
+    // Once: a single reserve goes on from there.
+    assert_eq!(g.reserve(LEASE).unwrap().map(|d| d.id), Some(9));
+}

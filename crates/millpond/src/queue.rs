@@ -512,11 +512,14 @@ impl Group {
         self.inner.reserve_timeout(lease, wait)
     }
 
-    /// Reserves up to `n` ready messages.
+    /// Reserves up to `n` ready messages, with one journal append for the
+    /// batch (one record for each run of fresh messages at one priority).
     ///
     /// # Errors
     ///
-    /// As [`Group::reserve`].
+    /// As [`Group::reserve`]. An error met after some messages were
+    /// reserved (a damaged message, say) does not discard them: the batch
+    /// returns them, and the next reserve of this group returns the error.
     pub fn reserve_batch(&self, n: usize, lease: Duration) -> Result<Vec<Delivery>> {
         self.inner.reserve_batch(n, lease)
     }

@@ -303,6 +303,9 @@ struct Live {
     floor: FloorCache,
     journal_seq: u64,
     closed: bool,
+    /// An error a batch reserve met after it had reserved messages: the
+    /// batch hands those out, and the next reserve reports this.
+    deferred: Option<Error>,
 }
 
 fn refused(group: &str, id: u64, r: Refused) -> Error {
@@ -479,6 +482,7 @@ impl GroupInner {
                 floor: FloorCache::default(),
                 journal_seq: seq,
                 closed: false,
+                deferred: None,
             }),
             checkpointing: Mutex::new(()),
             journal,
@@ -703,6 +707,9 @@ impl GroupInner {
     }
 
     fn reserve_locked(&self, live: &mut Live, lease: u64) -> Result<Option<(Delivery, u64)>> {
+        if let Some(e) = live.deferred.take() {
+            return Err(e);
+        }
         let now = self.clock.now_ms();
         self.tick(live, now)?;
         let Some((d, rec)) = self.reserve_at(live, lease, now)? else {
@@ -894,6 +901,9 @@ impl GroupInner {
     pub fn reserve_batch(&self, n: usize, lease: Duration) -> Result<Vec<Delivery>> {
         let lease = lease_ms(lease)?;
         let mut live = self.lock()?;
+        if let Some(e) = live.deferred.take() {
+            return Err(e);
+        }
         // One clock reading and one tick for the batch: its deliveries
         // share a deadline.
         let now = self.clock.now_ms();
@@ -908,8 +918,12 @@ impl GroupInner {
                 }
                 Ok(None) => break,
                 // Hand out what is reserved already; the error comes back
-                // on the next call.
-                Err(_) if !out.is_empty() => break,
+                // on the next call (the scan has moved past what it could
+                // not read, so it would not meet it again).
+                Err(e) if !out.is_empty() => {
+                    live.deferred = Some(e);
+                    break;
+                }
                 Err(e) => return Err(e),
             }
         }
