@@ -145,15 +145,20 @@ fn take(group: &Group, args: &Args, taken: &mut Vec<Taken>) -> Result<(), Error>
             lease_until_ms,
         });
     }
+    // The rest in batches: one journal record for a run of fresh messages,
+    // not one each. A batch cut short by an error hands out what it
+    // reserved and the error comes with the next call, so the loop asks
+    // again until the count is reached or nothing is left.
     while taken.len() < args.count as usize {
         let before = output::now_ms();
-        let Some(delivery) = group.reserve(args.lease)? else {
+        let batch = group.reserve_batch(args.count as usize - taken.len(), args.lease)?;
+        if batch.is_empty() {
             break;
-        };
-        taken.push(Taken {
+        }
+        taken.extend(batch.into_iter().map(|delivery| Taken {
             delivery,
             lease_until_ms: before.saturating_add(lease_ms),
-        });
+        }));
     }
     Ok(())
 }
