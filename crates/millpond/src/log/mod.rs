@@ -12,7 +12,9 @@ mod writer;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
+
+use parking_lot::{Condvar, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};

@@ -5,7 +5,9 @@
 //! ran are carried by the next round: group commit.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::MutexGuard;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Log;
@@ -191,7 +193,7 @@ impl Log {
             }
         }
         let ts = self.opts.clock.now_ms();
-        let mut st = self.state.lock().expect("writer lock");
+        let mut st = self.state.lock();
         self.check_writable(&st)?;
         let first = st.next_id;
         // u64::MAX is never an id (the one after it could not be
@@ -364,11 +366,7 @@ impl Log {
                     if now >= deadline {
                         break;
                     }
-                    st = self
-                        .gathered
-                        .wait_timeout(st, deadline - now)
-                        .expect("writer lock")
-                        .0;
+                    self.gathered.wait_for(&mut st, deadline - now);
                 }
                 st.gathering = false;
             }
@@ -387,7 +385,7 @@ impl Log {
     ) -> MutexGuard<'a, WriterState> {
         let p = parity(round);
         st.sleeping[p] += 1;
-        let mut st = self.flushed[p].wait(st).expect("writer lock");
+        self.flushed[p].wait(&mut st);
         st.sleeping[p] -= 1;
         st
     }
@@ -414,7 +412,7 @@ impl Log {
         self.buffered_floor.store(u32::MAX, Ordering::SeqCst);
         drop(st);
         let result = self.write_chunks(chunks, sync);
-        let mut st = self.state.lock().expect("writer lock");
+        let mut st = self.state.lock();
         st.flushing = false;
         match &result {
             Ok(()) => {
@@ -447,7 +445,7 @@ impl Log {
     }
 
     fn write_chunks(&self, chunks: Vec<Chunk>, sync: bool) -> Result<()> {
-        let mut io = self.io.lock().expect("io lock");
+        let mut io = self.io.lock();
         // Bytes this round writes to the segment that is active at its end.
         let mut written = 0;
         // What the round writes to each segment: whether zeros go ahead
@@ -599,7 +597,7 @@ impl Log {
     /// The active segment's first id and the id the next push gets, and its
     /// length in bytes (header included, buffered frames too).
     pub fn active_extent(&self) -> (u64, u64, u64) {
-        let st = self.state.lock().expect("writer lock");
+        let st = self.state.lock();
         (st.tail_first_id, st.next_id, st.tail_len)
     }
 
@@ -610,7 +608,7 @@ impl Log {
     /// false, if anything was pushed since `next_id` was read (the caller
     /// decided on a snapshot) or the segment has no frames.
     pub fn roll_active(&self, next_id: u64) -> Result<bool> {
-        let mut st = self.state.lock().expect("writer lock");
+        let mut st = self.state.lock();
         loop {
             self.check_writable(&st)?;
             if st.next_id != next_id || st.tail_len <= segment::HEADER_LEN {
@@ -625,14 +623,14 @@ impl Log {
                 // Buffered or interval frames: durable first (a roll seals
                 // with an fsync, but the marks must say so too).
                 self.wait_for(st, next_id - 1, Goal::Durable)?;
-                st = self.state.lock().expect("writer lock");
+                st = self.state.lock();
                 continue;
             }
             break;
         }
         // No round runs and none can start while the state lock is held.
         debug_assert!(st.chunks.is_empty());
-        let mut io = self.io.lock().expect("io lock");
+        let mut io = self.io.lock();
         if let Err(e) = self.roll(&mut io, next_id) {
             self.poison_locked(&mut st, &e);
             return Err(e);
@@ -645,7 +643,7 @@ impl Log {
 
     /// Writes and fsyncs everything pushed so far.
     pub fn flush(&self) -> Result<()> {
-        let st = self.state.lock().expect("writer lock");
+        let st = self.state.lock();
         if let Some(cause) = &st.poisoned {
             return Err(self.poisoned_error(cause));
         }
@@ -660,7 +658,7 @@ impl Log {
     /// written ids otherwise. Under `Buffered`, buffered frames are written
     /// first so that a reader sees every returned push.
     pub fn visible_next_id(&self) -> Result<u64> {
-        let st = self.state.lock().expect("writer lock");
+        let st = self.state.lock();
         match self.opts.durability {
             Durability::Sync => Ok(st.durable_next_id),
             Durability::Interval(_) => Ok(st.written_next_id),
@@ -677,7 +675,7 @@ impl Log {
 
     /// The id the next push gets.
     pub fn next_id(&self) -> u64 {
-        self.state.lock().expect("writer lock").next_id
+        self.state.lock().next_id
     }
 
     /// Flushes, fsyncs and writes the active segment's index so the next
@@ -685,12 +683,12 @@ impl Log {
     pub fn close(&self) -> Result<()> {
         // Refuse new pushes first, so none can write after the flush below
         // (and after the store lock is released).
-        let mut st = self.state.lock().expect("writer lock");
+        let mut st = self.state.lock();
         let was_closed = std::mem::replace(&mut st.closed, true);
         drop(st);
         self.timer_wake.notify_all();
         let flushed = self.flush();
-        let mut st = self.state.lock().expect("writer lock");
+        let mut st = self.state.lock();
         while st.flushing {
             let round = st.rounds;
             st = self.sleep_until_round(st, round);
@@ -701,7 +699,7 @@ impl Log {
             return flushed;
         }
         flushed?;
-        let io = self.io.lock().expect("io lock");
+        let io = self.io.lock();
         // The next open reads no further than the index: the file must end
         // where it does.
         if self.trim(&io)? {
@@ -730,7 +728,7 @@ impl Log {
     /// Fsyncs the active segment with no lock held (the `io` lock only to
     /// take it): for the timer and writeback threads, outside any round.
     fn sync_active_unlocked(&self) -> Result<()> {
-        let seg = self.io.lock().expect("io lock").active.clone();
+        let seg = self.io.lock().active.clone();
         seg.file()
             .expect("active segment is open")
             .sync_data()
@@ -745,16 +743,13 @@ impl Log {
     /// fsync poisons the log, as any other: the kernel may have dropped
     /// the pages it could not write, and a later fsync would not say so.
     pub(crate) fn run_writeback(self: Arc<Self>) {
-        let mut st = self.state.lock().expect("writer lock");
+        let mut st = self.state.lock();
         loop {
-            st = self
-                .timer_wake
-                .wait_while(st, |st| {
-                    !st.closed
-                        && st.poisoned.is_none()
-                        && self.unsynced_bytes.load(Ordering::Relaxed) < WRITEBACK_BYTES
-                })
-                .expect("writer lock");
+            self.timer_wake.wait_while(&mut st, |st| {
+                !st.closed
+                    && st.poisoned.is_none()
+                    && self.unsynced_bytes.load(Ordering::Relaxed) < WRITEBACK_BYTES
+            });
             if st.closed || st.poisoned.is_some() {
                 return;
             }
@@ -762,7 +757,7 @@ impl Log {
             // Bytes written while this fsync runs count toward the next.
             self.unsynced_bytes.store(0, Ordering::Relaxed);
             let result = self.sync_active_unlocked();
-            st = self.state.lock().expect("writer lock");
+            st = self.state.lock();
             if let Err(e) = result {
                 self.poison_locked(&mut st, &e);
                 return;
@@ -779,7 +774,7 @@ impl Log {
         let Some(interval) = self.interval() else {
             return;
         };
-        let mut st = self.state.lock().expect("writer lock");
+        let mut st = self.state.lock();
         loop {
             if st.durable_next_id >= st.next_id {
                 // Nothing to make durable: sleep until a round writes
@@ -787,23 +782,16 @@ impl Log {
                 // many idle queues would otherwise wake each one's timer
                 // twenty times a second at 50 ms.
                 st.timer_idle = true;
-                st = self
-                    .timer_wake
-                    .wait_while(st, |st| {
-                        st.timer_idle
-                            && !st.closed
-                            && st.poisoned.is_none()
-                            && st.durable_next_id >= st.next_id
-                    })
-                    .expect("writer lock");
+                self.timer_wake.wait_while(&mut st, |st| {
+                    st.timer_idle
+                        && !st.closed
+                        && st.poisoned.is_none()
+                        && st.durable_next_id >= st.next_id
+                });
                 st.timer_idle = false;
             }
             // Then at most `interval` after that write, as before.
-            let (guard, _) = self
-                .timer_wake
-                .wait_timeout(st, interval)
-                .expect("writer lock");
-            st = guard;
+            self.timer_wake.wait_for(&mut st, interval);
             if st.closed || st.poisoned.is_some() {
                 return;
             }
@@ -818,7 +806,7 @@ impl Log {
                     return; // poisoned: pushes report it
                 }
                 let result = self.sync_active_unlocked();
-                st = self.state.lock().expect("writer lock");
+                st = self.state.lock();
                 if let Err(e) = result {
                     self.poison_locked(&mut st, &e);
                     return;
