@@ -879,37 +879,52 @@ fn kill_rounds(plan: &Plan) {
             child.wait().expect("wait");
             acked.extend(reader.join().expect("reader"));
         }
-        let peer = cfg.open(&data);
         let mut found: HashMap<(u32, u32), u32> = HashMap::new();
         let mut total = 0u64;
-        while peer.drain_batch(1000, &mut |p| {
-            let round = u32::from_le_bytes(p[..4].try_into().expect("round"));
-            let seq = u32::from_le_bytes(p[4..8].try_into().expect("seq"));
-            *found.entry((round, seq)).or_default() += 1;
-        }) > 0
-        {}
+        // A peer that cannot read its own files after the kills (yaque
+        // 0.6.6 panics on a torn segment header: "parity 0 wrong") is a
+        // finding of this workload, not the end of the comparison.
+        let reopened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let peer = cfg.open(&data);
+            while peer.drain_batch(1000, &mut |p| {
+                let round = u32::from_le_bytes(p[..4].try_into().expect("round"));
+                let seq = u32::from_le_bytes(p[4..8].try_into().expect("seq"));
+                *found.entry((round, seq)).or_default() += 1;
+            }) > 0
+            {}
+        }));
+        let failure = reopened.err().map(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic".into())
+        });
         for c in found.values() {
             total += u64::from(*c);
         }
         let lost = acked.iter().filter(|k| !found.contains_key(k)).count();
         let dup: u32 = found.values().map(|c| c.saturating_sub(1)).sum();
+        let found_note = match &failure {
+            Some(why) => format!("{total}, then reading panicked: {why}"),
+            None => total.to_string(),
+        };
         eprintln!(
-            "  {} kill rounds: {} acked, {total} found, {lost} lost, {dup} duplicated",
+            "  {} kill rounds: {} acked, {found_note} found, {lost} lost, {dup} duplicated",
             cfg.id(),
             acked.len()
         );
         table.rows.push((
             cfg,
             lost as f64,
-            vec![dup.to_string(), acked.len().to_string(), total.to_string()],
+            vec![dup.to_string(), acked.len().to_string(), found_note],
         ));
         if cfg.kind == Kind::MillpondInterval
             || (cfg.kind == Kind::Millpond && cfg.class == Class::Sync)
         {
             // A process crash loses nothing that was written to the OS.
+            assert!(failure.is_none(), "{} could not be read back", cfg.id());
             assert_eq!(lost, 0, "{} lost acknowledged pushes", cfg.id());
         }
-        drop(peer);
     }
     table.print();
 }
