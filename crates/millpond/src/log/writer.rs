@@ -4,8 +4,8 @@
 //! it) and, when asked, one `fdatasync`. Threads that pushed while a round
 //! ran are carried by the next round: group commit.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use parking_lot::MutexGuard;
 use std::time::{SystemTime, UNIX_EPOCH};
