@@ -371,10 +371,19 @@ impl SegmentFile {
     ) -> Result<Cursor> {
         self.load(fs, payload_len_max, interval)?;
         let inner = self.inner.read().expect("segment lock");
-        let pos = inner
-            .index
-            .floor(id)
-            .map_or(segment::HEADER_LEN, |(_, pos)| pos);
+        // A reader that starts at the segment's first message (one that
+        // moves on from the previous segment, or a group at its oldest
+        // message) needs no lookup: the binary search would bring most of
+        // a mapped index into the process's RSS (the kernel maps up to
+        // 64 KiB around each page it touches), 256 KiB per full segment.
+        let pos = if id <= self.first_id {
+            segment::HEADER_LEN
+        } else {
+            inner
+                .index
+                .floor(id)
+                .map_or(segment::HEADER_LEN, |(_, pos)| pos)
+        };
         Ok(Cursor {
             seg: self.clone(),
             pos,
