@@ -183,6 +183,6 @@ fn current_files_are_what_this_build_encodes() {
     );
     let replay = journal::read(&path, &bytes, c.journal_seq).unwrap();
     let mut again = journal::encode_header(c.journal_seq).to_vec();
-    journal::encode_all(&replay.records, &mut again);
+    journal::encode_all(&replay.records().collect::<Vec<_>>(), &mut again);
     assert_eq!(again, bytes, "journal records re-encode to the same bytes");
 }

@@ -156,7 +156,7 @@ fn idle_group_with_a_version_1_journal_gets_a_version_2_one() {
         let replay =
             journal::read(&path, &bytes, journal::parse_file_name(&name).unwrap()).unwrap();
         assert_eq!(replay.version, journal::VERSION, "{name}");
-        assert_eq!(replay.records.len(), 5, "{name}: five reserves");
+        assert_eq!(replay.record_count(), 5, "{name}: five reserves");
         assert_eq!(
             replay.end,
             journal::HEADER_LEN + journal::RECORD_LEN as u64,

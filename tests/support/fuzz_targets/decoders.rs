@@ -377,7 +377,7 @@ pub fn journal_decode(data: &[u8]) {
                     "torn bytes run to the end of the file"
                 );
                 JournalVerdict::Ok {
-                    records: r.records,
+                    records: r.records().collect(),
                     end: r.end,
                     torn_bytes: r.torn_bytes,
                 }

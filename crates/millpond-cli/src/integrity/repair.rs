@@ -588,8 +588,8 @@ impl Repair<'_> {
         let mut pos = header_len;
         while pos < b.len() {
             let end = (pos + journal::RECORD_LEN).min(b.len());
-            let valid = end - pos == journal::RECORD_LEN
-                && journal::decode_into(&b[pos..end], &mut Vec::new());
+            let valid =
+                end - pos == journal::RECORD_LEN && journal::decode_slot(&b[pos..end]).is_some();
             if valid {
                 if let Some(start) = bad_start.take() {
                     bad.push((start, pos));

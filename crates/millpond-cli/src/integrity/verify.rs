@@ -687,7 +687,7 @@ fn check_journal(path: &Path, b: &[u8], seq: u64, report: &mut Report) {
         Ok(replay) => replay,
         Err(e) => return engine_error(path, &e, report),
     };
-    report.journal_records += replay.records.len() as u64;
+    report.journal_records += replay.record_count();
     if replay.torn_bytes == 0 {
         return;
     }
@@ -704,7 +704,7 @@ fn check_journal(path: &Path, b: &[u8], seq: u64, report: &mut Report) {
         .step_by(journal::RECORD_LEN)
         .find(|&p| {
             p + journal::RECORD_LEN <= b.len()
-                && journal::decode_into(&b[p..p + journal::RECORD_LEN], &mut Vec::new())
+                && journal::decode_slot(&b[p..p + journal::RECORD_LEN]).is_some()
         });
     match valid_after {
         Some(p) => report.problem(

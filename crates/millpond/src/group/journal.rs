@@ -167,38 +167,107 @@ pub fn encode_all(recs: &[Record], out: &mut Vec<u8>) {
     }
 }
 
-/// Decodes one record slot into the records it stands for (one, or a
-/// run's), appended to `out`; false, with nothing appended, if it fails its
-/// check or is unknown.
-pub fn decode_into(b: &[u8], out: &mut Vec<Record>) -> bool {
-    if let Some(rec) = Record::decode(b) {
-        out.push(rec);
-        return true;
-    }
-    let Some((kind, first, arg)) = checked(b) else {
-        return false;
-    };
-    let count = arg & 0xffff_ffff;
-    if !(kind == 10 || (kind == 11 && arg >> 32 == 0))
-        || count == 0
-        || count > RUN_MAX
-        || first.checked_add(count).is_none()
-    {
-        return false;
-    }
-    let priority = (arg >> 32) as u32;
-    out.extend((first..first + count).map(|id| {
-        if kind == 10 {
-            Record::Reserve {
-                id,
-                attempts: 1,
+/// One record slot as read: a record, or a run record standing for the
+/// records of consecutive ids. Kept as read, so replaying a journal of run
+/// records never holds a record per message in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// A record that stands for itself.
+    One(Record),
+    /// Reserves of `first..first + count` with attempt number 1.
+    Reserves {
+        /// First id.
+        first: u64,
+        /// How many ids.
+        count: u64,
+        /// Their priority.
+        priority: u32,
+    },
+    /// Acks of `first..first + count`.
+    Acks {
+        /// First id.
+        first: u64,
+        /// How many ids.
+        count: u64,
+    },
+}
+
+impl Slot {
+    /// The records the slot stands for, in order.
+    pub fn records(self) -> impl Iterator<Item = Record> {
+        let (ids, run) = match self {
+            Slot::One(rec) => return SlotRecords::One(Some(rec)),
+            Slot::Reserves {
+                first,
+                count,
                 priority,
-            }
-        } else {
-            Record::Ack { id }
+            } => (first..first + count, Some(priority)),
+            Slot::Acks { first, count } => (first..first + count, None),
+        };
+        SlotRecords::Run(ids, run)
+    }
+
+    /// How many records the slot stands for.
+    pub fn len(self) -> u64 {
+        match self {
+            Slot::One(_) => 1,
+            Slot::Reserves { count, .. } | Slot::Acks { count, .. } => count,
         }
-    }));
-    true
+    }
+
+    /// Never true: a slot stands for at least one record.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+}
+
+/// The iterator of [`Slot::records`].
+enum SlotRecords {
+    One(Option<Record>),
+    /// Ids left; the priority of reserves, or `None` for acks.
+    Run(std::ops::Range<u64>, Option<u32>),
+}
+
+impl Iterator for SlotRecords {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        match self {
+            SlotRecords::One(rec) => rec.take(),
+            SlotRecords::Run(ids, priority) => {
+                let id = ids.next()?;
+                Some(match *priority {
+                    Some(priority) => Record::Reserve {
+                        id,
+                        attempts: 1,
+                        priority,
+                    },
+                    None => Record::Ack { id },
+                })
+            }
+        }
+    }
+}
+
+/// Decodes one record slot; `None` if it fails its check or is unknown.
+pub fn decode_slot(b: &[u8]) -> Option<Slot> {
+    if let Some(rec) = Record::decode(b) {
+        return Some(Slot::One(rec));
+    }
+    let (kind, first, arg) = checked(b)?;
+    let count = arg & 0xffff_ffff;
+    if count == 0 || count > RUN_MAX || first.checked_add(count).is_none() {
+        return None;
+    }
+    match kind {
+        10 => Some(Slot::Reserves {
+            first,
+            count,
+            priority: (arg >> 32) as u32,
+        }),
+        11 if arg >> 32 == 0 => Some(Slot::Acks { first, count }),
+        _ => None,
+    }
 }
 
 /// Kind, id and argument of a record slot that passes its CRC and has its
@@ -290,8 +359,9 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
 /// What reading a journal file found.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// Valid records, in order.
-    pub records: Vec<Record>,
+    /// Valid record slots, in order ([`Replay::records`] for the records
+    /// they stand for).
+    pub slots: Vec<Slot>,
     /// Offset where valid records end.
     pub end: u64,
     /// Bytes after `end` that were not a valid record (a torn tail); 0
@@ -299,6 +369,18 @@ pub struct Replay {
     pub torn_bytes: u64,
     /// The header's format version (0: no complete header).
     pub version: u32,
+}
+
+impl Replay {
+    /// Every record, in order (a run slot's one by one).
+    pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.slots.iter().flat_map(|s| s.records())
+    }
+
+    /// How many records the slots stand for.
+    pub fn record_count(&self) -> u64 {
+        self.slots.iter().map(|s| s.len()).sum()
+    }
 }
 
 /// Reads a journal file: header check, then records up to the first bad one.
@@ -345,7 +427,11 @@ pub fn read(path: &Path, bytes: &[u8], seq: u64) -> Result<Replay> {
         ..Replay::default()
     };
     let mut pos = HEADER_LEN as usize;
-    while pos + RECORD_LEN <= bytes.len() && decode_into(&bytes[pos..], &mut r.records) {
+    while pos + RECORD_LEN <= bytes.len() {
+        let Some(slot) = decode_slot(&bytes[pos..]) else {
+            break;
+        };
+        r.slots.push(slot);
         pos += RECORD_LEN;
     }
     r.end = pos as u64;
@@ -399,7 +485,7 @@ mod tests {
         bytes.extend_from_slice(&Record::Ack { id: 3 }.encode()[..10]);
         let r = read(Path::new("j"), &bytes, 4).unwrap();
         assert_eq!(
-            r.records,
+            r.records().collect::<Vec<_>>(),
             vec![Record::Ack { id: 1 }, Record::Ack { id: 2 }]
         );
         assert_eq!(r.end, HEADER_LEN + 48);
@@ -413,13 +499,13 @@ mod tests {
         bytes.extend_from_slice(&Record::Ack { id: 1 }.encode());
         bytes.extend_from_slice(&[0; 4000]);
         let r = read(Path::new("j"), &bytes, 4).unwrap();
-        assert_eq!(r.records, vec![Record::Ack { id: 1 }]);
+        assert_eq!(r.records().collect::<Vec<_>>(), vec![Record::Ack { id: 1 }]);
         assert_eq!(r.end, HEADER_LEN + 24);
         assert_eq!(r.torn_bytes, 0, "preallocated space");
         // Anything but zeros after the records is a torn tail.
         bytes.push(1);
         let r = read(Path::new("j"), &bytes, 4).unwrap();
-        assert_eq!(r.records, vec![Record::Ack { id: 1 }]);
+        assert_eq!(r.records().collect::<Vec<_>>(), vec![Record::Ack { id: 1 }]);
         assert_eq!(r.torn_bytes, 4001);
     }
 
@@ -442,7 +528,9 @@ mod tests {
         // Reserve run, 3 single reserves, ack run, single ack.
         assert_eq!(bytes.len(), HEADER_LEN as usize + 6 * RECORD_LEN);
         let r = read(Path::new("j"), &bytes, 1).unwrap();
-        assert_eq!(r.records, recs);
+        assert_eq!(r.slots.len(), 6);
+        assert_eq!(r.record_count(), recs.len() as u64);
+        assert_eq!(r.records().collect::<Vec<_>>(), recs);
         assert_eq!((r.end, r.torn_bytes), (bytes.len() as u64, 0));
 
         // A run longer than RUN_MAX is split.
@@ -450,12 +538,12 @@ mod tests {
         let mut bytes = encode_header(1).to_vec();
         encode_all(&long, &mut bytes);
         assert_eq!(bytes.len(), HEADER_LEN as usize + 2 * RECORD_LEN);
-        assert_eq!(read(Path::new("j"), &bytes, 1).unwrap().records, long);
+        let r = read(Path::new("j"), &bytes, 1).unwrap();
+        assert_eq!(r.records().collect::<Vec<_>>(), long);
     }
 
     #[test]
     fn run_records_out_of_bounds_are_not_records() {
-        let mut out = Vec::new();
         for (kind, id, arg) in [
             (10, 1, 0),            // no members
             (11, 1, RUN_MAX + 1),  // too many
@@ -463,18 +551,31 @@ mod tests {
             (11, 1, 2 | 1 << 32),  // ack run with a priority
             (12, 1, 2),            // unknown kind
         ] {
-            assert!(
-                !decode_into(&encode_raw(kind, id, arg), &mut out),
+            assert_eq!(
+                decode_slot(&encode_raw(kind, id, arg)),
+                None,
                 "{kind} {id} {arg}"
             );
             assert_eq!(Record::decode(&encode_raw(kind, id, arg)), None);
         }
-        assert!(out.is_empty());
-        assert!(decode_into(&encode_raw(11, 7, RUN_MAX), &mut out));
-        assert_eq!(out.len() as u64, RUN_MAX);
+        let slot = decode_slot(&encode_raw(11, 7, RUN_MAX)).unwrap();
+        assert_eq!(
+            slot,
+            Slot::Acks {
+                first: 7,
+                count: RUN_MAX
+            }
+        );
+        assert_eq!(slot.records().count() as u64, RUN_MAX);
+        assert_eq!(
+            slot.records().last(),
+            Some(Record::Ack {
+                id: 7 + RUN_MAX - 1
+            })
+        );
         let mut b = encode_raw(10, 1, 2);
         b[9] ^= 1;
-        assert!(!decode_into(&b, &mut out), "a damaged run record");
+        assert_eq!(decode_slot(&b), None, "a damaged run record");
     }
 
     proptest! {

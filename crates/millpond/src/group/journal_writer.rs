@@ -124,6 +124,8 @@ struct JState {
     buf: Vec<u8>,
     /// Tickets handed out so far (the last one).
     appended: u64,
+    /// `appended` when the current journal file was started.
+    appended_at_rotation: u64,
     /// Every ticket up to this one is written.
     written: u64,
     /// Every ticket up to this one is durable.
@@ -295,6 +297,7 @@ impl Journal {
                 preallocate,
                 buf: Vec::new(),
                 appended: 0,
+                appended_at_rotation: 0,
                 written: 0,
                 durable: 0,
                 syncing: false,
@@ -318,6 +321,13 @@ impl Journal {
     pub fn position(&self) -> (u64, u64) {
         let st = self.lock();
         (st.seq, st.len + st.buf.len() as u64)
+    }
+
+    /// Records appended to the current journal file, a run record's one
+    /// by one: what replaying it would go through.
+    pub fn records_since_rotation(&self) -> u64 {
+        let st = self.lock();
+        st.appended - st.appended_at_rotation
     }
 
     /// Buffers a record; returns the ticket to wait on.
@@ -479,6 +489,7 @@ impl Journal {
         st.seq = seq;
         st.len = HEADER_LEN;
         st.file_end = HEADER_LEN;
+        st.appended_at_rotation = st.appended;
         Ok(old)
     }
 
@@ -678,7 +689,8 @@ mod tests {
         };
         journal::read(&path, &bytes.unwrap_or_default(), 1)
             .unwrap()
-            .records
+            .records()
+            .collect()
     }
 
     /// With preallocation, the first write extends the journal with zeros
@@ -862,6 +874,9 @@ mod tests {
         let path = Path::new(DIR).join(file_name(2));
         let image = s.sim.crash_image(CrashOptions::clean());
         let r = journal::read(&path, &image.file_bytes(&path).unwrap(), 2).unwrap();
-        assert_eq!(r.records, vec![Record::Kick { id: 2 }]);
+        assert_eq!(
+            r.records().collect::<Vec<_>>(),
+            vec![Record::Kick { id: 2 }]
+        );
     }
 }
