@@ -307,7 +307,7 @@ impl Record {
     }
 
     /// Decodes a record that stands for itself (not a run: see
-    /// [`decode_into`]); `None` if it fails its check or is unknown.
+    /// [`decode_slot`]); `None` if it fails its check or is unknown.
     pub fn decode(b: &[u8]) -> Option<Record> {
         let (kind, id, arg) = checked(b)?;
         Some(match kind {
