@@ -33,7 +33,8 @@
 //! A run record stands for `count` records of consecutive ids from its id:
 //! a reserve run for reserves with attempt number 1 at its priority, an ack
 //! run for acks. [`encode_all`] writes them for the runs in a batch;
-//! [`read`] gives them back as the records they stand for.
+//! [`read`] keeps each as a [`Slot`], and [`Replay::records`] gives the
+//! records they stand for one by one, never all at once.
 
 use std::path::Path;
 
