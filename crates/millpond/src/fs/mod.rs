@@ -71,6 +71,16 @@ pub trait FsFile: Send + Sync + fmt::Debug {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     /// Writes all of `buf` at `offset`, growing the file if needed.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes `bufs` one after the other from `offset`, as one write where
+    /// the file system can (`pwritev`). Not atomic: a crash may keep any
+    /// prefix of the bytes, as with one `write_all_at` per buffer.
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
+        for b in bufs {
+            self.write_all_at(b, offset)?;
+            offset += b.len() as u64;
+        }
+        Ok(())
+    }
     /// Sets the length of the file, truncating or zero-extending it.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The current length of the file.

@@ -458,22 +458,38 @@ impl Log {
                 _ => per_segment.push((c.segment_first_id, c.bytes.len())),
             }
         }
-        for chunk in chunks {
-            if chunk.new_segment {
-                self.roll(&mut io, chunk.segment_first_id)?;
+        // Chunks of one segment are consecutive in it: each group of them
+        // is one vectored write, then its chunks are published in order.
+        let mut rest = &chunks[..];
+        while let Some(head) = rest.first() {
+            let n = 1 + rest[1..]
+                .iter()
+                .take_while(|c| !c.new_segment && c.segment_first_id == head.segment_first_id)
+                .count();
+            let (group, after) = rest.split_at(n);
+            rest = after;
+            debug_assert!(
+                group
+                    .windows(2)
+                    .all(|w| w[0].start_pos + w[0].bytes.len() as u64 == w[1].start_pos)
+            );
+            if head.new_segment {
+                self.roll(&mut io, head.segment_first_id)?;
                 written = 0;
             }
             let run_len = per_segment
                 .iter()
-                .find(|(id, _)| *id == chunk.segment_first_id)
+                .find(|(id, _)| *id == head.segment_first_id)
                 .map_or(0, |&(_, n)| n);
-            written += chunk.bytes.len() as u64;
+            let bufs: Vec<&[u8]> = group.iter().map(|c| &c.bytes[..]).collect();
+            let group_len: usize = bufs.iter().map(|b| b.len()).sum();
+            written += group_len as u64;
             let seg = &io.active;
-            debug_assert_eq!(seg.first_id, chunk.segment_first_id);
+            debug_assert_eq!(seg.first_id, head.segment_first_id);
             let file = seg.file().expect("active segment is open");
-            file.write_all_at(&chunk.bytes, chunk.start_pos)
+            file.write_all_vectored_at(&bufs, head.start_pos)
                 .ctx("write segment", &seg.path)?;
-            let end = chunk.start_pos + chunk.bytes.len() as u64;
+            let end = head.start_pos + group_len as u64;
             if end > self.file_end.load(Ordering::Relaxed) {
                 let target = if run_len < PREALLOCATE_WRITE_MAX {
                     // Zeros ahead, never past the segment size limit: they
@@ -490,12 +506,14 @@ impl Log {
                 };
                 self.file_end.store(target, Ordering::Relaxed);
             }
-            seg.advance(
-                chunk.start_pos + chunk.bytes.len() as u64,
-                chunk.end_id,
-                chunk.priority_floor,
-                &chunk.entries,
-            );
+            for chunk in group {
+                seg.advance(
+                    chunk.start_pos + chunk.bytes.len() as u64,
+                    chunk.end_id,
+                    chunk.priority_floor,
+                    &chunk.entries,
+                );
+            }
         }
         if sync {
             let seg = &io.active;
