@@ -208,17 +208,12 @@ impl Slot {
         SlotRecords::Run(ids, run)
     }
 
-    /// How many records the slot stands for.
-    pub fn len(self) -> u64 {
+    /// How many records the slot stands for (at least one).
+    pub fn record_count(self) -> u64 {
         match self {
             Slot::One(_) => 1,
             Slot::Reserves { count, .. } | Slot::Acks { count, .. } => count,
         }
-    }
-
-    /// Never true: a slot stands for at least one record.
-    pub fn is_empty(self) -> bool {
-        false
     }
 }
 
@@ -252,10 +247,10 @@ impl Iterator for SlotRecords {
 
 /// Decodes one record slot; `None` if it fails its check or is unknown.
 pub fn decode_slot(b: &[u8]) -> Option<Slot> {
-    if let Some(rec) = Record::decode(b) {
-        return Some(Slot::One(rec));
-    }
     let (kind, first, arg) = checked(b)?;
+    if !matches!(kind, 10 | 11) {
+        return Record::from_parts(kind, first, arg).map(Slot::One);
+    }
     let count = arg & 0xffff_ffff;
     if count == 0 || count > RUN_MAX || first.checked_add(count).is_none() {
         return None;
@@ -266,7 +261,7 @@ pub fn decode_slot(b: &[u8]) -> Option<Slot> {
             count,
             priority: (arg >> 32) as u32,
         }),
-        11 if arg >> 32 == 0 => Some(Slot::Acks { first, count }),
+        _ if arg >> 32 == 0 => Some(Slot::Acks { first, count }),
         _ => None,
     }
 }
@@ -311,6 +306,12 @@ impl Record {
     /// [`decode_slot`]); `None` if it fails its check or is unknown.
     pub fn decode(b: &[u8]) -> Option<Record> {
         let (kind, id, arg) = checked(b)?;
+        Record::from_parts(kind, id, arg)
+    }
+
+    /// The record of kind 1 to 9 with `id` and `arg` (`None` for another
+    /// kind, or an argument the kind refuses).
+    fn from_parts(kind: u8, id: u64, arg: u64) -> Option<Record> {
         Some(match kind {
             1 => Record::Reserve {
                 id,
@@ -380,7 +381,7 @@ impl Replay {
 
     /// How many records the slots stand for.
     pub fn record_count(&self) -> u64 {
-        self.slots.iter().map(|s| s.len()).sum()
+        self.slots.iter().map(|s| s.record_count()).sum()
     }
 }
 
