@@ -448,18 +448,10 @@ impl Log {
         let mut io = self.io.lock();
         // Bytes this round writes to the segment that is active at its end.
         let mut written = 0;
-        // What the round writes to each segment: whether zeros go ahead
-        // depends on that, not on how the bytes were cut into chunks (a
-        // segment's chunks are consecutive).
-        let mut per_segment: Vec<(u64, usize)> = Vec::with_capacity(2);
-        for c in &chunks {
-            match per_segment.last_mut() {
-                Some((id, n)) if *id == c.segment_first_id => *n += c.bytes.len(),
-                _ => per_segment.push((c.segment_first_id, c.bytes.len())),
-            }
-        }
-        // Chunks of one segment are consecutive in it: each group of them
-        // is one vectored write, then its chunks are published in order.
+        // A segment's chunks are consecutive in the round and in the file:
+        // each group of them is everything the round writes to that
+        // segment, in one vectored write; then its chunks are published in
+        // order.
         let mut rest = &chunks[..];
         while let Some(head) = rest.first() {
             let n = 1 + rest[1..]
@@ -475,15 +467,10 @@ impl Log {
             );
             if head.new_segment {
                 self.roll(&mut io, head.segment_first_id)?;
-                written = 0;
             }
-            let run_len = per_segment
-                .iter()
-                .find(|(id, _)| *id == head.segment_first_id)
-                .map_or(0, |&(_, n)| n);
             let bufs: Vec<&[u8]> = group.iter().map(|c| &c.bytes[..]).collect();
             let group_len: usize = bufs.iter().map(|b| b.len()).sum();
-            written += group_len as u64;
+            written = group_len as u64;
             let seg = &io.active;
             debug_assert_eq!(seg.first_id, head.segment_first_id);
             let file = seg.file().expect("active segment is open");
@@ -491,7 +478,9 @@ impl Log {
                 .ctx("write segment", &seg.path)?;
             let end = head.start_pos + group_len as u64;
             if end > self.file_end.load(Ordering::Relaxed) {
-                let target = if run_len < PREALLOCATE_WRITE_MAX {
+                // Whether zeros go ahead depends on what the round writes
+                // to the segment, not on how it was cut into chunks.
+                let target = if group_len < PREALLOCATE_WRITE_MAX {
                     // Zeros ahead, never past the segment size limit: they
                     // reach the disk with this round's fsync, and later
                     // rounds then overwrite allocated blocks, with no file
