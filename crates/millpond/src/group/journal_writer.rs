@@ -317,17 +317,16 @@ impl Journal {
         self.st.lock().expect("journal lock")
     }
 
-    /// The current journal's sequence number and length in bytes.
-    pub fn position(&self) -> (u64, u64) {
+    /// The current journal's sequence number, its length in bytes, and
+    /// the records appended to it, a run record's one by one (what
+    /// replaying it would go through).
+    pub fn position(&self) -> (u64, u64, u64) {
         let st = self.lock();
-        (st.seq, st.len + st.buf.len() as u64)
-    }
-
-    /// Records appended to the current journal file, a run record's one
-    /// by one: what replaying it would go through.
-    pub fn records_since_rotation(&self) -> u64 {
-        let st = self.lock();
-        st.appended - st.appended_at_rotation
+        (
+            st.seq,
+            st.len + st.buf.len() as u64,
+            st.appended - st.appended_at_rotation,
+        )
     }
 
     /// Buffers a record; returns the ticket to wait on.
@@ -868,9 +867,10 @@ mod tests {
             records(&s.sim, true),
             vec![Record::Ack { id: 1 }, Record::Bury { id: 2 }]
         );
-        assert_eq!(s.journal.position(), (2, HEADER_LEN));
+        assert_eq!(s.journal.position(), (2, HEADER_LEN, 0));
         let t = s.journal.append(Record::Kick { id: 2 }).unwrap();
         s.journal.wait(t, Goal::Durable).unwrap();
+        assert_eq!(s.journal.position().2, 1, "records since the rotation");
         let path = Path::new(DIR).join(file_name(2));
         let image = s.sim.crash_image(CrashOptions::clean());
         let r = journal::read(&path, &image.file_bytes(&path).unwrap(), 2).unwrap();

@@ -818,9 +818,9 @@ impl GroupInner {
     /// settles of other threads wait for the encoding, not for the file's
     /// writes and fsyncs.
     fn unlock(&self, mut live: MutexGuard<'_, Live>) -> Result<()> {
-        let (_, len) = self.journal.position();
+        let (_, len, records) = self.journal.position();
         let bound = live.opts.checkpoint_journal_bytes;
-        if len < bound && self.journal.records_since_rotation() < replay_records_max(bound) {
+        if len < bound && records < replay_records_max(bound) {
             return Ok(());
         }
         let held = match self.checkpointing.try_lock() {
@@ -849,7 +849,7 @@ impl GroupInner {
             return Ok(0);
         }
         let mut live = self.lock()?;
-        let (_, len) = self.journal.position();
+        let (_, len, _) = self.journal.position();
         if len < min_bytes {
             return Ok(0);
         }
