@@ -95,14 +95,13 @@ impl Run {
 
     fn has(&self, id: u64) -> bool {
         let i = id.wrapping_sub(self.first);
-        if i >= u64::from(self.len) {
-            return false;
-        }
-        let word = match i / 64 {
-            0 => self.head,
-            w => self.rest[w as usize - 1],
-        };
-        word >> (i % 64) & 1 == 1
+        i < u64::from(self.len)
+            && self.words().nth((i / 64) as usize).unwrap_or(0) >> (i % 64) & 1 == 1
+    }
+
+    /// The bit words, the inline one first.
+    fn words(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.head).chain(self.rest.iter().copied())
     }
 
     /// Appends the next id, reserved.
@@ -125,21 +124,18 @@ impl Run {
 
     /// The ids still reserved, in order.
     fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        std::iter::once(self.head)
-            .chain(self.rest.iter().copied())
-            .enumerate()
-            .flat_map(move |(w, word)| {
-                let base = self.first + 64 * w as u64;
-                let mut rest = word;
-                std::iter::from_fn(move || {
-                    if rest == 0 {
-                        return None;
-                    }
-                    let b = rest.trailing_zeros();
-                    rest &= rest - 1;
-                    Some(base + u64::from(b))
-                })
+        self.words().enumerate().flat_map(move |(w, word)| {
+            let base = self.first + 64 * w as u64;
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let b = rest.trailing_zeros();
+                rest &= rest - 1;
+                Some(base + u64::from(b))
             })
+        })
     }
 
     fn entry(&self) -> Entry {
