@@ -11,7 +11,7 @@ use std::time::Duration;
 use millpond::fs::{CrashOptions, Fs, OpenMode, SimFs};
 use millpond::group::journal;
 use millpond::{DEFAULT_GROUP, Durability, Options, Store};
-use millpond_suite::payload;
+use millpond_suite::{journal_files, payload};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -23,14 +23,7 @@ fn options(fs: &SimFs) -> Options {
 }
 
 fn journals(fs: &SimFs) -> Vec<String> {
-    let mut names: Vec<String> = fs
-        .list_dir(Path::new("/s/queues/q/groups/default"))
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.starts_with("journal-"))
-        .collect();
-    names.sort();
-    names
+    journal_files(fs, Path::new("/s/queues/q/groups/default"))
 }
 
 /// Opens the store on `fs`, returns whether the default group kept its

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use millpond::fs::{CrashOptions, Fs, SimFs};
+use millpond::fs::{CrashOptions, SimFs};
 use millpond::group::journal;
 use millpond::{DEFAULT_GROUP, Durability, GroupOptions, Options, Store};
-use millpond_suite::payload;
+use millpond_suite::{journal_files, payload};
 
 const LEASE: Duration = Duration::from_secs(60);
 const GROUP_DIR: &str = "/s/queues/q/groups/default";
@@ -41,14 +41,7 @@ fn open(fs: &SimFs, checkpoint_journal_bytes: u64) -> Store {
 
 /// The group's journal files: (name, slots, records they stand for).
 fn journals(fs: &SimFs) -> Vec<(String, usize, u64)> {
-    let mut names: Vec<String> = fs
-        .list_dir(Path::new(GROUP_DIR))
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.starts_with("journal-"))
-        .collect();
-    names.sort();
-    names
+    journal_files(fs, Path::new(GROUP_DIR))
         .into_iter()
         .map(|name| {
             let path = Path::new(GROUP_DIR).join(&name);

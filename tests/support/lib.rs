@@ -67,3 +67,15 @@ pub fn payload(i: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The names of the group journal files in `dir`, in order.
+pub fn journal_files(fs: &dyn millpond::fs::Fs, dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = fs
+        .list_dir(dir)
+        .expect("list group directory")
+        .into_iter()
+        .filter(|n| millpond::group::journal::parse_file_name(n).is_some())
+        .collect();
+    names.sort();
+    names
+}
