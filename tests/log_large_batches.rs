@@ -88,3 +88,144 @@ fn large_sync_batch_survives_a_power_cut_whole() {
         .collect();
     assert_eq!(got, b);
 }
+
+/// A batch of more than 512 KiB of frames is encoded and written in pieces
+/// of 256 KiB, with other pushers held back until its last piece is
+/// encoded: its ids must stay consecutive while four threads push single
+/// messages the whole time, and every id must hold what its pusher sent.
+#[test]
+fn a_batch_written_in_pieces_keeps_its_ids_among_concurrent_pushers() {
+    on_each_fs(|place| {
+        for durability in [Durability::Sync, Durability::Buffered] {
+            let path = place.path.join(format!("{durability:?}"));
+            let options = place
+                .options
+                .clone()
+                .durability(durability)
+                .compact_interval(None)
+                .segment_bytes_max(4 << 20);
+            let store = Store::open(&path, options).unwrap();
+            let q = store.queue("q").unwrap();
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let (batches, singles) = std::thread::scope(|s| {
+                let pushers: Vec<_> = (0..4u64)
+                    .map(|t| {
+                        let (q, stop) = (&q, &stop);
+                        s.spawn(move || {
+                            let mut sent = Vec::new();
+                            let mut n = 0u64;
+                            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 50 {
+                                let p = payload(1_000_000 * (t + 1) + n, 40);
+                                sent.push((q.push(&p).unwrap(), p));
+                                n += 1;
+                            }
+                            sent
+                        })
+                    })
+                    .collect();
+                let mut batches = Vec::new();
+                for round in 0..4u64 {
+                    // 3,000 frames of about 300 bytes: 0.9 MB, four pieces.
+                    let b: Vec<Vec<u8>> = (0..3000)
+                        .map(|i| payload(round * 10_000 + i, 280))
+                        .collect();
+                    let ids = q.push_batch(&b).unwrap();
+                    assert_eq!(ids.end - ids.start, 3000, "round {round}");
+                    batches.push((ids, b));
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let singles: Vec<(u64, Vec<u8>)> = pushers
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap())
+                    .collect();
+                (batches, singles)
+            });
+            let mut want = std::collections::BTreeMap::new();
+            for (ids, b) in &batches {
+                for (id, p) in ids.clone().zip(b) {
+                    assert!(want.insert(id, p.clone()).is_none(), "id {id} given twice");
+                }
+            }
+            for (id, p) in &singles {
+                assert!(want.insert(*id, p.clone()).is_none(), "id {id} given twice");
+            }
+            let got: Vec<(u64, Vec<u8>)> = q
+                .reader(1)
+                .map(|m| m.map(|m| (m.id, m.payload)).unwrap())
+                .collect();
+            assert_eq!(got.len(), want.len(), "{durability:?}");
+            for ((id, p), (want_id, want_p)) in got.iter().zip(&want) {
+                assert_eq!((id, p), (want_id, want_p), "{durability:?}");
+            }
+        }
+    });
+}
+
+/// A piece that fails to write fails its batch and poisons the queue:
+/// the pushers held back behind the batch get the error instead of
+/// waiting for good, and under `Sync` none of the batch survives a power
+/// cut (nothing of it was fsynced), while what was acknowledged before it
+/// does.
+#[test]
+fn a_failed_piece_fails_the_batch_and_refuses_the_pushers_behind_it() {
+    let fs = SimFs::new(12);
+    let options = Options::default()
+        .fs(Arc::new(fs.clone()))
+        .compact_interval(None)
+        .segment_bytes_max(16 << 20);
+    let store = Store::open("/s", options.clone()).unwrap();
+    let q = store.queue("q").unwrap();
+    let before = batch(0, 10);
+    assert_eq!(q.push_batch(&before).unwrap(), 1..11);
+    // The first piece is four 64 KiB chunks: the sixth write is in the
+    // second piece's round.
+    fs.inject(millpond::fs::Fault {
+        kind: millpond::fs::FaultKind::Write,
+        nth: 6,
+        error: millpond::fs::FaultError::Eio,
+    });
+    let big: Vec<Vec<u8>> = (0..4000).map(|i| payload(i, 300)).collect();
+    let (err, behind) = std::thread::scope(|s| {
+        // Pushes until refused: those that meet the batch in flight wait
+        // for it and must then be refused, not left waiting.
+        let pusher = s.spawn(|| {
+            let mut n = 0u64;
+            loop {
+                match q.push(b"behind") {
+                    Ok(_) => n += 1,
+                    Err(e) => return (n, e),
+                }
+            }
+        });
+        let err = q.push_batch(&big).unwrap_err();
+        (err, pusher.join().unwrap())
+    });
+    // Whichever thread led the failing round got the write's own error;
+    // the other, the poisoning it caused.
+    let the_write = |e: &millpond::Error| match e {
+        millpond::Error::Io { op, .. } => *op == "write segment",
+        millpond::Error::Poisoned { cause, .. } => cause.starts_with("write segment"),
+        _ => false,
+    };
+    assert!(the_write(&err), "{err:?}");
+    assert!(the_write(&behind.1), "{:?}", behind.1);
+    assert_eq!(fs.stats().faults_injected, 1);
+    assert!(matches!(
+        q.push(b"after").unwrap_err(),
+        millpond::Error::Poisoned { .. }
+    ));
+    let image = fs.crash_image(CrashOptions::clean());
+    let store = Store::open("/s", options.fs(Arc::new(image))).unwrap();
+    let got: Vec<Vec<u8>> = store
+        .queue("q")
+        .unwrap()
+        .reader(1)
+        .map(|m| m.unwrap().payload)
+        .collect();
+    assert_eq!(got[..10], before[..], "acknowledged before the batch");
+    assert!(
+        got[10..].iter().all(|p| p == b"behind"),
+        "nothing of the batch survives"
+    );
+    assert!(got.len() - 10 <= behind.0 as usize);
+}

@@ -330,8 +330,17 @@ impl Queue {
         self.pushed(self.log.append(&[(payload.as_ref(), attrs)]))
     }
 
-    /// Appends messages as one commit (one write, one fsync under `Sync`)
-    /// and returns their ids. An empty batch returns an empty range.
+    /// Appends messages as one commit (one fsync under `Sync`) and returns
+    /// their ids, which are consecutive. An empty batch returns an empty
+    /// range.
+    ///
+    /// A batch of up to 512 KiB of frames is one write. A larger one is
+    /// encoded and written in pieces of 256 KiB, so it needs no second
+    /// copy of itself in memory; other pushes wait until its last piece is
+    /// encoded. Under `Sync` readers see none of it before all of it is
+    /// durable; under `Buffered` and `Interval` they may see its first
+    /// pieces before this returns. After a crash, a batch this call did
+    /// not acknowledge may have left a prefix of itself, whatever its size.
     ///
     /// # Errors
     ///
@@ -351,8 +360,9 @@ impl Queue {
     }
 
     /// Appends messages, each with its own priority and delay, as one
-    /// commit (one write, one fsync under `Sync`) and returns their ids.
-    /// An empty batch returns an empty range.
+    /// commit (one fsync under `Sync`, written as [`Queue::push_batch`]
+    /// writes) and returns their ids. An empty batch returns an empty
+    /// range.
     ///
     /// # Errors
     ///

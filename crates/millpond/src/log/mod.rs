@@ -89,6 +89,9 @@ pub(crate) struct Log {
     /// Wakes a leader that is gathering pushers for its round once as many
     /// have pushed as the last round carried.
     gathered: Condvar,
+    /// Wakes pushers held back while a large batch is written in pieces
+    /// (`WriterState::piecewise`), when it is done.
+    piecewise_done: Condvar,
     /// The active segment; held only by the thread running a flush round.
     io: Mutex<writer::WriterIo>,
     /// Wakes the interval timer early on close.

@@ -159,6 +159,7 @@ impl Log {
             segments: RwLock::new(segments),
             flushed: [Condvar::new(), Condvar::new()],
             gathered: Condvar::new(),
+            piecewise_done: Condvar::new(),
             io: Mutex::new(WriterIo { active: tail_seg }),
             timer_wake: Condvar::new(),
             buffered_floor: AtomicU32::new(u32::MAX),

@@ -61,6 +61,10 @@ pub(crate) struct WriterState {
     /// Set by the first failed write or fsync; every later write fails.
     pub poisoned: Option<Arc<str>>,
     pub closed: bool,
+    /// A batch larger than [`PIECEWISE_BYTES`] is being written in pieces:
+    /// other pushers wait (on `Log::piecewise_done`) until it is done, so
+    /// that its ids stay consecutive.
+    piecewise: bool,
 }
 
 /// Frames for one segment, gathered between two flush rounds.
@@ -109,6 +113,7 @@ impl WriterState {
             expected_pushers: 0,
             poisoned: None,
             closed: false,
+            piecewise: false,
         }
     }
 }
@@ -168,6 +173,19 @@ pub(crate) const WRITEBACK_BYTES: u64 = 8 << 20;
 /// a process that pushes such batches.
 const CHUNK_BYTES_MAX: usize = 64 << 10;
 
+/// A batch whose frames take more than this is encoded and written in
+/// pieces of at most [`PIECE_BYTES`] (each handed to the OS in a round of
+/// its own; under `Sync` one fsync after the last), not encoded whole
+/// before the first write. A process pushing 10 M messages in batches of
+/// 10,000 (1.2 MB of frames each) held the whole batch in write chunks,
+/// and glibc's heap, fragmented by the small objects each segment roll
+/// allocates among the freed chunks, grew to 3.5 MB with 0.1 MB in use.
+const PIECEWISE_BYTES: usize = 512 << 10;
+
+/// The most frame bytes one piece of a piecewise batch holds (a single
+/// frame larger than this is a piece of its own).
+const PIECE_BYTES: usize = 256 << 10;
+
 /// The condvar slot of a flush round.
 fn parity(round: u64) -> usize {
     (round % 2) as usize
@@ -194,6 +212,9 @@ impl Log {
         }
         let ts = self.opts.clock.now_ms();
         let mut st = self.state.lock();
+        while st.piecewise && !st.closed && st.poisoned.is_none() {
+            self.piecewise_done.wait(&mut st);
+        }
         self.check_writable(&st)?;
         let first = st.next_id;
         // u64::MAX is never an id (the one after it could not be
@@ -211,10 +232,14 @@ impl Log {
             .iter()
             .map(|(p, a)| frame::frame_len(p.len(), a))
             .sum();
-        for (payload, attrs) in payloads {
-            let len = frame::frame_len(payload.len(), attrs);
-            self.encode_locked(&mut st, payload, attrs, ts, rest);
-            rest -= len;
+        if rest > PIECEWISE_BYTES {
+            st = self.append_pieces(st, payloads, ts, rest)?;
+        } else {
+            for (payload, attrs) in payloads {
+                let len = frame::frame_len(payload.len(), attrs);
+                self.encode_locked(&mut st, payload, attrs, ts, rest);
+                rest -= len;
+            }
         }
         let last = st.next_id - 1;
         st.pending_pushers += 1;
@@ -240,6 +265,52 @@ impl Log {
             }
         }
         Ok(first)
+    }
+
+    /// Encodes a large batch ([`PIECEWISE_BYTES`]) piece by piece, handing
+    /// each piece but the last to the OS in a round (led here or joined)
+    /// before encoding the next, with other pushers held back meanwhile.
+    /// Returns with the last piece encoded and not yet taken by a round,
+    /// for `append` to wait on as it does for any batch: so under `Sync`
+    /// the batch is still one fsync, and readers (bounded by durable ids)
+    /// see none of it before all of it. Under `Buffered` and `Interval`
+    /// readers may see the first pieces before the rest: a batch was
+    /// never a transaction (a crash can keep a prefix of it either way).
+    fn append_pieces<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, WriterState>,
+        payloads: &[(&[u8], Attrs)],
+        ts: u64,
+        mut rest: usize,
+    ) -> Result<MutexGuard<'a, WriterState>> {
+        st.piecewise = true;
+        let mut frames = payloads.iter().peekable();
+        let result = loop {
+            let mut piece = 0;
+            while let Some((payload, attrs)) = frames.peek() {
+                let len = frame::frame_len(payload.len(), attrs);
+                if piece > 0 && piece + len > PIECE_BYTES {
+                    break;
+                }
+                // Chunks are sized for this piece, not the whole batch.
+                self.encode_locked(&mut st, payload, attrs, ts, rest.min(PIECE_BYTES - piece));
+                piece += len;
+                rest -= len;
+                frames.next();
+            }
+            if frames.peek().is_none() {
+                break Ok(());
+            }
+            let last = st.next_id - 1;
+            let (guard, result) = self.wait_locked(st, last, Goal::Written);
+            st = guard;
+            if result.is_err() {
+                break result;
+            }
+        };
+        st.piecewise = false;
+        self.piecewise_done.notify_all();
+        result.map(|()| st)
     }
 
     fn check_writable(&self, st: &WriterState) -> Result<()> {
@@ -320,22 +391,28 @@ impl Log {
 
     /// Waits until `id` is written (or durable), leading flush rounds when
     /// no other thread is.
-    fn wait_for<'a>(
+    fn wait_for(&self, st: MutexGuard<'_, WriterState>, id: u64, goal: Goal) -> Result<()> {
+        self.wait_locked(st, id, goal).1
+    }
+
+    /// [`Log::wait_for`], giving the lock back.
+    fn wait_locked<'a>(
         &'a self,
         mut st: MutexGuard<'a, WriterState>,
         id: u64,
         goal: Goal,
-    ) -> Result<()> {
+    ) -> (MutexGuard<'a, WriterState>, Result<()>) {
         loop {
             let done = match goal {
                 Goal::Written => st.written_next_id > id,
                 Goal::Durable => st.durable_next_id > id,
             };
             if done {
-                return Ok(());
+                return (st, Ok(()));
             }
             if let Some(cause) = &st.poisoned {
-                return Err(self.poisoned_error(cause));
+                let e = self.poisoned_error(cause);
+                return (st, Err(e));
             }
             if st.flushing || st.gathering {
                 // Carried by the running round: woken when it ends. Else
@@ -372,7 +449,9 @@ impl Log {
             }
             let (guard, result) = self.flush_round(st, goal);
             st = guard;
-            result?;
+            if result.is_err() {
+                return (st, result);
+            }
         }
     }
 
@@ -692,6 +771,12 @@ impl Log {
         // (and after the store lock is released).
         let mut st = self.state.lock();
         let was_closed = std::mem::replace(&mut st.closed, true);
+        // Pushers held back by a piecewise batch fail with `Closed`; the
+        // batch itself finishes, and the flush below covers it.
+        self.piecewise_done.notify_all();
+        while st.piecewise {
+            self.piecewise_done.wait(&mut st);
+        }
         drop(st);
         self.timer_wake.notify_all();
         let flushed = self.flush();
@@ -729,6 +814,7 @@ impl Log {
         for cv in &self.flushed {
             cv.notify_all();
         }
+        self.piecewise_done.notify_all();
         self.timer_wake.notify_all();
     }
 
