@@ -546,6 +546,23 @@ fn drain(plan: &Plan) {
 // ---------------------------------------------------------------------
 // (f) memory, in child processes.
 
+/// `RssAnon` of this process after glibc's `malloc_trim(0)` has given
+/// back every free page of its heaps, KiB; `None` off glibc.
+fn trimmed_anon_kib() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's `malloc_trim` takes a pad and touches only the
+        // allocator's own free memory.
+        unsafe { malloc_trim(0) };
+        Some(rss_kib().1)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
 /// `VmRSS`, `RssAnon`, `VmHWM` of this process, KiB.
 fn rss_kib() -> (u64, u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -590,7 +607,11 @@ fn memory(plan: &Plan, chart: &mut charts::Data) {
         "VmRSS, MiB",
         false,
     );
-    fill_table.extra = vec!["RssAnon, MiB", "VmHWM, MiB"];
+    fill_table.extra = vec![
+        "RssAnon, MiB",
+        "VmHWM, MiB",
+        "RssAnon after malloc_trim, MiB",
+    ];
     let mut reopen_table = Table::new(
         format!(
             "(f) resident memory of a fresh process that opened the store with {n} pending and reserved + acked 10"
@@ -612,7 +633,11 @@ fn memory(plan: &Plan, chart: &mut charts::Data) {
         let lines = run_child(&["rss".into(), cfg.id(), data_s.clone(), depths.clone()]);
         let mut series = Vec::new();
         let mut last = None;
+        let mut trimmed = None;
         for l in &lines {
+            if let Some(v) = l.strip_prefix("trimmed ") {
+                trimmed = v.parse::<u64>().ok();
+            }
             let f: Vec<&str> = l.split_whitespace().collect();
             if f.first() == Some(&"rss") && f.len() == 5 {
                 let v: Vec<u64> = f[1..].iter().map(|x| x.parse().expect("num")).collect();
@@ -628,6 +653,7 @@ fn memory(plan: &Plan, chart: &mut charts::Data) {
             vec![
                 format!("{:.1}", anon as f64 / 1024.0),
                 format!("{:.1}", hwm as f64 / 1024.0),
+                trimmed.map_or("–".into(), |t| format!("{:.1}", t as f64 / 1024.0)),
             ],
         ));
         chart.memory.push((cfg, series));
@@ -949,6 +975,12 @@ fn child(args: &[String]) {
                 pushed = d;
                 let (rss, anon, hwm) = rss_kib();
                 println!("rss {d} {rss} {anon} {hwm}");
+            }
+            // How much of the anonymous memory is free heap the allocator
+            // keeps (glibc gives back only the top of its heap unless
+            // asked): reported beside RSS, which stays the figure.
+            if let Some(anon) = trimmed_anon_kib() {
+                println!("trimmed {anon}");
             }
             drop(peer);
         }
