@@ -117,6 +117,92 @@ fn zero_filled_gap_in_unsynced_tail_is_cut_like_a_torn_tail() {
     );
 }
 
+/// The gap that out-of-order writeback leaves can end inside a frame: the
+/// sector holding the start of an unsynced frame did not land (it still
+/// reads as the preallocated zeros after the durable frame before it), the
+/// next sector did. Recovery once took the zeros and the rest of that
+/// frame for interior damage, and refused to open after an ordinary power
+/// cut (the simulator stepped around it as the known bug
+/// `torn-page-mistaken-for-damage`). It is cut like a torn tail now.
+#[test]
+fn gap_of_unsynced_sectors_ending_inside_a_frame_is_cut_like_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let q = store.queue("q").unwrap();
+    for i in 0..4 {
+        q.push(payload(i, 1000)).unwrap();
+    }
+    drop(q);
+    store.close().unwrap();
+    drop(store);
+    let qdir = dir.path().join("queues/q");
+    fs::remove_file(qdir.join("00000000000000000001.idx")).unwrap();
+    let seg = qdir.join("00000000000000000001.seg");
+    let mut bytes = fs::read(&seg).unwrap();
+    let frame = 28 + 1000;
+    // Frame 2 starts at 1060; the sector [1024, 1536) holds the end of
+    // frame 1 and the start of frame 2, and only frame 1's part landed.
+    let cut = 32 + frame;
+    assert_eq!(cut, 1060);
+    bytes[cut..1536].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let torn = store.recovery_report().queues[0]
+        .torn_tail
+        .clone()
+        .expect("reported");
+    assert_eq!(torn.offset, cut as u64);
+    assert_eq!(torn.bytes, (bytes.len() - cut) as u64);
+    assert!(
+        torn.detail.contains(&format!(
+            "zero-filled gap of {} bytes to a sector boundary, then {} bytes of a frame",
+            1536 - cut,
+            cut + frame - 1536
+        )),
+        "{}",
+        torn.detail
+    );
+    assert!(
+        torn.detail.contains("followed by 2 frames"),
+        "{}",
+        torn.detail
+    );
+    let q = store.queue("q").unwrap();
+    assert_eq!(q.read(1).unwrap().unwrap().payload, payload(0, 1000));
+    assert_eq!(q.read(2).unwrap(), None);
+    assert_eq!(q.push(b"next").unwrap(), 2);
+    assert_eq!(q.read(2).unwrap().unwrap().payload, b"next");
+}
+
+/// The other side of the rule above: a durable frame damaged by a bit
+/// flip, with zeros after it to a sector boundary that are the frame's own
+/// payload, is damage, not a torn tail: the zeros do not start where the
+/// damage does.
+#[test]
+fn flipped_frame_with_zero_payload_is_still_reported_as_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let q = store.queue("q").unwrap();
+    q.push(payload(0, 1000)).unwrap();
+    q.push(vec![0u8; 1000]).unwrap();
+    q.push(payload(2, 1000)).unwrap();
+    drop(q);
+    store.close().unwrap();
+    drop(store);
+    let qdir = dir.path().join("queues/q");
+    fs::remove_file(qdir.join("00000000000000000001.idx")).unwrap();
+    let seg = qdir.join("00000000000000000001.seg");
+    let mut bytes = fs::read(&seg).unwrap();
+    let second = 32 + 28 + 1000;
+    bytes[second + 9] ^= 0x10; // the id of the zero-payload frame
+    fs::write(&seg, &bytes).unwrap();
+    match Store::open(dir.path(), Options::default()) {
+        Err(millpond::Error::Corruption { offset, .. }) => assert_eq!(offset, second as u64),
+        other => panic!("expected damage at {second}: {other:?}"),
+    }
+}
+
 /// A reader tailing a `Sync` queue must never return a frame that is written
 /// but not yet durable, nor skip one: it caches the visible limit (to keep
 /// the writer's lock off the read path) and refreshes it only on reaching

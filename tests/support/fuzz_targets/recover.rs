@@ -220,12 +220,15 @@ fn expect_tail(bytes: &[u8], first_id: u64, mode: RecoveryMode) -> Expect {
         Err(_) => return Expect::Fails(Event::Damage(0)),
     }
     let (mut s, mut events) = walk(bytes, first_id);
-    // A zero-filled first damaged range is unsynced writes that reached the
-    // disk out of order: cut there, as at a torn tail.
+    // A first damaged range of zeros, or of at least 4 zeros to a 512-byte
+    // sector boundary and then anything, is unsynced writes that reached
+    // the disk out of order: cut there, as at a torn tail.
     if let Some(d) = s.damage.first()
-        && bytes[d.offset as usize..(d.offset + d.len) as usize]
-            .iter()
-            .all(|&b| b == 0)
+        && {
+            let range = &bytes[d.offset as usize..(d.offset + d.len) as usize];
+            let zeros = range.iter().take_while(|&&b| b == 0).count();
+            zeros == range.len() || (zeros >= 4 && (d.offset as usize + zeros).is_multiple_of(512))
+        }
     {
         let cut = d.offset;
         (s, events) = walk(&bytes[..cut as usize], first_id);

@@ -94,6 +94,20 @@ fn segment_seeds() -> Vec<(&'static str, Vec<u8>)> {
     gap.extend_from_slice(&plain(3));
     gap.extend_from_slice(&plain(4));
     seeds.push(("zero_gap", gap));
+    // Out-of-order writeback: the sector holding the start of a frame did
+    // not land (zeros from the frame's start to a 512-byte boundary), the
+    // next sector, with the rest of it and later frames, did.
+    let mut sector = segment_with(1, &(1..=60).collect::<Vec<u64>>());
+    let (mut start, mut id) = (segment::HEADER_LEN as usize, 1);
+    // The first frame that crosses a sector boundary 4 bytes or more
+    // after its start.
+    while !(start % 512 <= 508 && (start + plain(id).len()) / 512 > start / 512) {
+        start += plain(id).len();
+        id += 1;
+    }
+    let boundary = (start / 512 + 1) * 512;
+    sector[start..boundary].fill(0);
+    seeds.push(("sector_gap", sector));
     let mut attrs_seg = segment::encode_header(1).to_vec();
     frame(&mut attrs_seg, 1, attrs(5, 0), b"priority five");
     frame(&mut attrs_seg, 2, attrs(0, u64::MAX / 2), b"far future");
