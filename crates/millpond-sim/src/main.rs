@@ -30,7 +30,7 @@ struct Args {
     json: bool,
     /// Let known engine bugs fail their seeds instead of stepping around
     /// the situations that show them: `all` or a comma-separated list of
-    /// names (torn-page-mistaken-for-damage).
+    /// names (`millpond_sim::KNOWN_BUGS`; none at present).
     #[arg(long, value_name = "BUGS", num_args = 0..=1, default_missing_value = "all", value_parser = millpond_sim::known_bugs_mask)]
     show_known_bugs: Option<u32>,
     /// Stop at the first failing seed.

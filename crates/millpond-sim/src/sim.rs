@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use millpond::fs::{CrashOptions, Fault, FaultError, FaultKind, Fs, OpenMode, SimFs};
+use millpond::fs::{CrashOptions, Fault, FaultError, FaultKind, Fs, SimFs};
 use millpond::{
     Backoff, Delivery, Error, Group, GroupOptions, ManualClock, Options, PushOptions, Queue,
     RecoveryMode, Retention, Store,
@@ -341,7 +341,6 @@ pub(crate) struct Sim {
     step: usize,
     recent: VecDeque<String>,
     trace: bool,
-    options: crate::RunOptions,
 }
 
 fn fault_label(kind: FaultKind, error: FaultError) -> String {
@@ -441,7 +440,6 @@ impl Sim {
             step: 0,
             recent: VecDeque::new(),
             trace,
-            options,
         };
         if trace {
             eprintln!("seed {seed}: {}", sim.cfg.describe());
@@ -1564,110 +1562,6 @@ impl Sim {
         )
     }
 
-    /// Known bug `torn-page-mistaken-for-damage`: writeback may persist
-    /// the pages of an unsynced append in any order; when the page that
-    /// did not land ends inside a frame, the damaged range recovery finds
-    /// (zeros, then the rest of that frame, then valid unacknowledged
-    /// frames) is not all zeros, so the zero-gap rule does not apply and
-    /// the tail is reported as interior damage: under the default
-    /// `RecoveryMode::Fail` the store refuses to open after an ordinary
-    /// power cut. Stepped around (when the damage is in the newest segment
-    /// of a queue, in a file no bit was flipped in, and starts with zeros
-    /// to the end of its page) by truncating the segment there, as a
-    /// fixed recovery would.
-    fn step_around_torn_page(&mut self, e: &Error) -> bool {
-        let Error::Corruption { path, offset, .. } = e else {
-            return false;
-        };
-        self.torn_page_at(path, *offset) && self.cut_torn_page(path, *offset)
-    }
-
-    /// Whether damage at `offset` of `path` looks like a torn page of an
-    /// unsynced append: the newest segment of its queue, not a frame whose
-    /// bits were flipped, zeros from `offset` to the end of its page.
-    fn torn_page_at(&self, path: &Path, offset: u64) -> bool {
-        let flipped_here = self.qs.iter().any(|q| {
-            q.flips
-                .iter()
-                .any(|f| f.path == path && f.frame_offset == offset)
-        });
-        if flipped_here {
-            return false;
-        }
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return false;
-        };
-        let newest = self
-            .fs
-            .list_dir(dir)
-            .ok()
-            .and_then(|names| names.into_iter().filter(|n| n.ends_with(".seg")).max());
-        if newest.as_deref() != name.to_str() {
-            return false;
-        }
-        let Some(bytes) = self.fs.file_bytes(path) else {
-            return false;
-        };
-        let start = offset as usize;
-        let page_end = ((start / 4096 + 1) * 4096).min(bytes.len());
-        start < bytes.len() && bytes[start..page_end].iter().all(|&b| b == 0)
-    }
-
-    /// Truncates a segment at a torn page (and drops its index file), as a
-    /// fixed recovery would.
-    fn cut_torn_page(&mut self, path: &Path, offset: u64) -> bool {
-        let cut = self
-            .fs
-            .open(path, OpenMode::ReadWrite)
-            .and_then(|f| f.set_len(offset).and_then(|()| f.sync_data()));
-        if cut.is_err() {
-            return false;
-        }
-        let index = path.with_extension("idx");
-        if self.fs.exists(&index).unwrap_or(false) {
-            let _ = self.fs.remove_file(&index);
-            if let Some(dir) = path.parent() {
-                let _ = self.fs.sync_dir(dir);
-            }
-        }
-        self.totals
-            .known_bug("torn-page-mistaken-for-damage (tail truncated at the gap)");
-        self.note(format!(
-            "step around torn-page-mistaken-for-damage: cut {} at {offset}",
-            path.display()
-        ));
-        true
-    }
-
-    /// Under `RecoveryMode::Skip` a torn page is opened as damage: steps
-    /// around it like the open failure under `Fail` (power off right after
-    /// the open, cut the tail in the image, open again). Returns whether it
-    /// did.
-    fn step_around_torn_page_skipped(&mut self) -> bool {
-        if self.options.shows("torn-page-mistaken-for-damage") {
-            return false;
-        }
-        let report = self.handles().store.recovery_report().clone();
-        let torn: Vec<(PathBuf, u64)> = report
-            .queues
-            .iter()
-            .flat_map(|q| q.damaged.iter())
-            .map(|d| (d.path.clone(), d.offset))
-            .filter(|(p, o)| self.torn_page_at(p, *o))
-            .collect();
-        if torn.is_empty() {
-            return false;
-        }
-        self.fs.cut_power();
-        self.h = None;
-        self.fs = self.fs.crash_image(CrashOptions::clean());
-        self.new_incarnation(true);
-        for (path, offset) in torn {
-            self.cut_torn_page(&path, offset);
-        }
-        true
-    }
-
     fn try_open(&mut self) -> Result<Handles, Error> {
         self.totals.operations += 1;
         let store = Store::open(STORE, self.options())?;
@@ -1716,9 +1610,6 @@ impl Sim {
                         if fired { " (a fault fired)" } else { "" }
                     ));
                     self.h = Some(h);
-                    if self.step_around_torn_page_skipped() {
-                        continue;
-                    }
                     break;
                 }
                 Err(e) => {
@@ -1737,11 +1628,6 @@ impl Sim {
                         self.totals.reopen_retries += 1;
                         self.tainted = false;
                         self.recover_in = None;
-                        continue;
-                    }
-                    if !self.options.shows("torn-page-mistaken-for-damage")
-                        && self.step_around_torn_page(&e)
-                    {
                         continue;
                     }
                     bail!("reopen failed: {e}");
