@@ -1,6 +1,7 @@
 //! Named regressions for bugs found in review of the log.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use millpond::{Options, Store};
 use millpond_suite::payload;
@@ -67,6 +68,26 @@ fn damaged_index_version_is_rebuilt_not_refused() {
     }
 }
 
+/// Pushes `payloads` to queue `q` of a store in `dir`, closes it and
+/// removes the segment's index file, so that the next open scans the whole
+/// segment (the region recovery scans is what was written since the last
+/// index). Returns the segment's path and bytes.
+fn closed_segment_without_index(dir: &Path, payloads: &[Vec<u8>]) -> (PathBuf, Vec<u8>) {
+    let store = Store::open(dir, Options::default()).unwrap();
+    let q = store.queue("q").unwrap();
+    for p in payloads {
+        q.push(p).unwrap();
+    }
+    drop(q);
+    store.close().unwrap();
+    drop(store);
+    let qdir = dir.join("queues/q");
+    fs::remove_file(qdir.join("00000000000000000001.idx")).unwrap();
+    let seg = qdir.join("00000000000000000001.seg");
+    let bytes = fs::read(&seg).unwrap();
+    (seg, bytes)
+}
+
 /// Writeback has no order: after a power cut a later page of unsynced
 /// writes can be on disk while an earlier one reads back as zeros. Recovery
 /// once took the zero-filled gap for interior damage and refused to open
@@ -75,20 +96,8 @@ fn damaged_index_version_is_rebuilt_not_refused() {
 #[test]
 fn zero_filled_gap_in_unsynced_tail_is_cut_like_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), Options::default()).unwrap();
-    let q = store.queue("q").unwrap();
-    for i in 0..3 {
-        q.push(payload(i, 100)).unwrap();
-    }
-    drop(q);
-    store.close().unwrap();
-    drop(store);
-    let qdir = dir.path().join("queues/q");
-    // Without the index, the whole segment counts as written since the
-    // last index: the region recovery scans.
-    fs::remove_file(qdir.join("00000000000000000001.idx")).unwrap();
-    let seg = qdir.join("00000000000000000001.seg");
-    let mut bytes = fs::read(&seg).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..3).map(|i| payload(i, 100)).collect();
+    let (seg, mut bytes) = closed_segment_without_index(dir.path(), &payloads);
     let frame = 28 + 100;
     let gap_start = 32 + frame;
     bytes[gap_start..gap_start + frame].fill(0);
@@ -127,18 +136,8 @@ fn zero_filled_gap_in_unsynced_tail_is_cut_like_a_torn_tail() {
 #[test]
 fn gap_of_unsynced_sectors_ending_inside_a_frame_is_cut_like_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), Options::default()).unwrap();
-    let q = store.queue("q").unwrap();
-    for i in 0..4 {
-        q.push(payload(i, 1000)).unwrap();
-    }
-    drop(q);
-    store.close().unwrap();
-    drop(store);
-    let qdir = dir.path().join("queues/q");
-    fs::remove_file(qdir.join("00000000000000000001.idx")).unwrap();
-    let seg = qdir.join("00000000000000000001.seg");
-    let mut bytes = fs::read(&seg).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..4).map(|i| payload(i, 1000)).collect();
+    let (seg, mut bytes) = closed_segment_without_index(dir.path(), &payloads);
     let frame = 28 + 1000;
     // Frame 2 starts at 1060; the sector [1024, 1536) holds the end of
     // frame 1 and the start of frame 2, and only frame 1's part landed.
@@ -182,18 +181,8 @@ fn gap_of_unsynced_sectors_ending_inside_a_frame_is_cut_like_a_torn_tail() {
 #[test]
 fn flipped_frame_with_zero_payload_is_still_reported_as_damage() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), Options::default()).unwrap();
-    let q = store.queue("q").unwrap();
-    q.push(payload(0, 1000)).unwrap();
-    q.push(vec![0u8; 1000]).unwrap();
-    q.push(payload(2, 1000)).unwrap();
-    drop(q);
-    store.close().unwrap();
-    drop(store);
-    let qdir = dir.path().join("queues/q");
-    fs::remove_file(qdir.join("00000000000000000001.idx")).unwrap();
-    let seg = qdir.join("00000000000000000001.seg");
-    let mut bytes = fs::read(&seg).unwrap();
+    let payloads = [payload(0, 1000), vec![0u8; 1000], payload(2, 1000)];
+    let (seg, mut bytes) = closed_segment_without_index(dir.path(), &payloads);
     let second = 32 + 28 + 1000;
     bytes[second + 9] ^= 0x10; // the id of the zero-payload frame
     fs::write(&seg, &bytes).unwrap();
