@@ -248,3 +248,94 @@ fn zeros_after_the_newest_segments_frames_verify_clean() {
         .collect();
     assert_eq!(got, lines);
 }
+
+/// Makes the hole a power cut can leave in the newest segment when
+/// unsynced writes reach the disk out of order: zeros from the start of
+/// the first frame that crosses a 512-byte boundary (4 bytes or more after
+/// its start) to that boundary; the rest of that frame and the later frames
+/// stay. Removes the index, so the next open scans the whole segment.
+/// Returns the pushed lines, the frame's index among them, its offset and
+/// the boundary.
+fn out_of_order_hole(s: &TestStore) -> (Vec<String>, usize, u64, u64) {
+    let lines = filled(s);
+    let frames = s.json_lines(&["dump", "-q", "q"], 0);
+    let (victim, start, boundary) = frames
+        .iter()
+        .enumerate()
+        .find_map(|(i, f)| {
+            let start = f["offset"].as_u64().unwrap();
+            let end = start + f["size"].as_u64().unwrap();
+            let boundary = (start / 512 + 1) * 512;
+            (boundary - start >= 4 && end > boundary).then_some((i, start, boundary))
+        })
+        .expect("a frame crosses a sector boundary");
+    let seg = s.segments("q").pop().unwrap();
+    std::fs::remove_file(seg.with_extension("idx")).unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[start as usize..boundary as usize].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+    (lines, victim, start, boundary)
+}
+
+/// The payloads a drain of queue `q` gets.
+fn drained(s: &TestStore) -> Vec<String> {
+    s.json_lines(&["reserve", "-q", "q", "-n", "30", "--ack"], 0)
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The next open cuts the newest segment at an out-of-order hole of
+/// unsynced writes, as at a torn tail; verify says so as a warning, not as
+/// damage (it used to report an error the open never met), and the open
+/// keeps the frames before the hole.
+#[test]
+fn an_out_of_order_hole_in_the_newest_segment_is_a_warning_that_open_cuts() {
+    let s = TestStore::new();
+    let (lines, victim, start, boundary) = out_of_order_hole(&s);
+    let report = s.json(&["verify"]);
+    assert_eq!(report["errors"], 0, "{report}");
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report}");
+    let p = &problems[0];
+    assert_eq!(p["severity"], "warning", "{p}");
+    assert_eq!(p["offset"], start, "{p}");
+    let detail = p["detail"].as_str().unwrap();
+    let after = lines.len() - victim - 1;
+    assert!(
+        detail.contains(&format!(
+            "zero-filled gap of {} bytes to a sector boundary",
+            boundary - start
+        )) && detail.contains(&format!("followed by {after} frames never made durable")),
+        "{detail}"
+    );
+    assert_eq!(report["frames"], victim, "frames the open keeps");
+    assert_eq!(drained(&s), lines[..victim]);
+    let report = s.json(&["verify"]);
+    assert_eq!(report["clean"], true, "{report}");
+}
+
+/// repair moves an out-of-order hole aside with everything after it, as
+/// the open would cut it, rather than keeping the never-durable frames
+/// after it as if the hole were damage between durable ones.
+#[test]
+fn repair_moves_an_out_of_order_hole_and_what_follows_aside() {
+    let s = TestStore::new();
+    let (lines, victim, start, _) = out_of_order_hole(&s);
+    let seg_len = std::fs::metadata(s.segments("q").pop().unwrap())
+        .unwrap()
+        .len();
+    let repaired = s.json(&["repair"]);
+    let actions = repaired["actions"].as_array().unwrap();
+    let quarantined: Vec<&Value> = actions
+        .iter()
+        .filter(|a| a["action"] == "quarantine")
+        .collect();
+    assert_eq!(quarantined.len(), 1, "{repaired}");
+    assert_eq!(quarantined[0]["offset"], start, "{repaired}");
+    assert_eq!(quarantined[0]["size"], seg_len - start, "{repaired}");
+    let report = s.json(&["verify"]);
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(report["frames"], victim);
+    assert_eq!(drained(&s), lines[..victim]);
+}

@@ -30,6 +30,10 @@ Takes the store's lock, then for every problem `millpond verify` reports:
     the bytes are copied into a quarantine file, then the segment is
     rewritten without them, every valid frame kept with its id; its index
     is removed (the engine rebuilds it);
+  - a hole of unsynced writes that reached the disk out of order in the
+    newest segment: it and everything after it are quarantined, the frames
+    after it included (none was ever made durable; the next open would cut
+    them the same way);
   - a damaged segment header: the old header is quarantined and a new one
     written (the first id comes from the file name);
   - a damaged index file: removed (derived data, rebuilt);
@@ -426,7 +430,24 @@ impl Repair<'_> {
         let mut kept: Vec<(usize, usize)> = Vec::new();
         let mut frames: Vec<(u64, u64)> = Vec::new();
         let mut bad: Vec<(u64, u64, String)> = Vec::new();
+        // An out-of-order hole of unsynced writes in the newest segment:
+        // the next open cuts there, so everything from it goes aside, as a
+        // torn tail does, frames after it included.
+        let cut = if newest {
+            let index = if seg.index_path.exists() {
+                Some(read(&seg.index_path)?)
+            } else {
+                None
+            };
+            let from = walk::scanned_from(seg.first_id, bytes.len() as u64, index.as_deref());
+            walk::unsynced_cut(&bytes, seg.first_id, from)
+        } else {
+            None
+        };
         for item in Frames::new(&bytes, seg.first_id) {
+            if cut.as_ref().is_some_and(|c| item.offset() >= c.offset) {
+                break;
+            }
             match item {
                 Item::Frame { offset, frame } => {
                     kept.push((offset as usize, frame.len));
@@ -452,6 +473,9 @@ impl Repair<'_> {
                 // Written by a newer millpond: not ours to rewrite.
                 Item::Newer { .. } => return Ok(()),
             }
+        }
+        if let Some(cut) = &cut {
+            bad.push((cut.offset, bytes.len() as u64 - cut.offset, cut.detail()));
         }
         if header_bad.is_none() && bad.is_empty() {
             // The segment is sound; its index must describe it.

@@ -21,7 +21,8 @@ pub const HELP: &str = "\
 Takes the store's lock (stop the process that owns the store first), then
 reads every file with the engine's decoders. Errors are damage or files this
 build cannot read; warnings are the expected traces of a crash that the next
-open cleans up (a torn tail, a stale journal, a leftover temporary file).
+open cleans up (a torn tail, unsynced writes that reached the disk out of
+order, a stale journal, a leftover temporary file).
 
 Output: a summary, one line per problem naming the file and byte offset,
 and a result line. With --json one object:
@@ -338,13 +339,24 @@ fn check_queue(dir: &Path, report: &mut Report, progress: &Progress) -> Result<(
         let bytes = read(&seg.path)?;
         report.segments += 1;
         report.bytes += bytes.len() as u64;
-        let frames = check_segment(seg, &bytes, newest, last_id, report);
+        let index_bytes = if seg.index_path.exists() {
+            Some(read(&seg.index_path)?)
+        } else {
+            None
+        };
+        let cut = newest
+            .then(|| {
+                let index = index_bytes.as_deref();
+                let from = walk::scanned_from(seg.first_id, bytes.len() as u64, index);
+                walk::unsynced_cut(&bytes, seg.first_id, from)
+            })
+            .flatten();
+        let frames = check_segment(seg, &bytes, newest, cut, last_id, report);
         if let Some(&(_, id)) = frames.last() {
             last_id = Some(id);
         }
         progress.inc(bytes.len() as u64);
-        if seg.index_path.exists() {
-            let index_bytes = read(&seg.index_path)?;
+        if let Some(index_bytes) = index_bytes {
             report.indexes += 1;
             report.bytes += index_bytes.len() as u64;
             check_index(
@@ -393,11 +405,13 @@ fn check_queue(dir: &Path, report: &mut Report, progress: &Progress) -> Result<(
 }
 
 /// A segment's header and frames; returns its valid frames as
-/// (offset, id).
+/// (offset, id), those the next open keeps: up to `cut`, the out-of-order
+/// hole of unsynced writes the next open cuts the newest segment at.
 fn check_segment(
     seg: &walk::SegmentPaths,
     bytes: &[u8],
     newest: bool,
+    cut: Option<walk::Cut>,
     last_id: Option<u64>,
     report: &mut Report,
 ) -> Vec<(u64, u64)> {
@@ -448,6 +462,9 @@ fn check_segment(
     let mut frames = Vec::new();
     let mut previous_id = last_id;
     for item in Frames::new(bytes, seg.first_id) {
+        if cut.as_ref().is_some_and(|c| item.offset() >= c.offset) {
+            break;
+        }
         match item {
             Item::Frame { offset, frame } => {
                 report.frames += 1;
@@ -516,6 +533,19 @@ fn check_segment(
                 ),
             ),
         }
+    }
+    if let Some(cut) = cut {
+        report.problem(
+            Severity::Warning,
+            path,
+            Some(cut.offset),
+            Some(bytes.len() as u64 - cut.offset),
+            format!(
+                "{}; the next open truncates the segment here, `millpond repair` moves the \
+                 rest aside",
+                cut.detail()
+            ),
+        );
     }
     frames
 }

@@ -59,6 +59,89 @@ pub enum Item<'a> {
     },
 }
 
+impl Item<'_> {
+    /// Where in the file the item starts.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Item::Frame { offset, .. }
+            | Item::Damage { offset, .. }
+            | Item::Tail { offset, .. }
+            | Item::Zeros { offset, .. }
+            | Item::Newer { offset, .. } => *offset,
+        }
+    }
+}
+
+/// Where the next open scans the newest segment from: past what its index
+/// file describes, if that is valid for it, else from its first frame.
+pub fn scanned_from(first_id: u64, segment_len: u64, index: Option<&[u8]>) -> u64 {
+    index
+        .and_then(|b| millpond::log::index::decode(b).ok())
+        .filter(|m| {
+            m.first_id == first_id
+                && m.covered_bytes >= segment::HEADER_LEN
+                && m.covered_bytes <= segment_len
+        })
+        .map_or(segment::HEADER_LEN, |m| m.covered_bytes)
+}
+
+/// A hole of unsynced writes that reached the disk out of order in the
+/// newest segment, where the next open cuts it as at a torn tail: the first
+/// damaged range at or past [`scanned_from`], when it is one by the
+/// engine's rule (`segment::unsynced_gap`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// Offset of the hole: the segment ends here after the next open.
+    pub offset: u64,
+    /// Zero bytes at its start.
+    pub zeros: u64,
+    /// Bytes of the damaged range (zeros, then the rest of a frame).
+    pub damaged: u64,
+    /// Valid frames after it, which the open drops.
+    pub frames_after: u64,
+}
+
+impl Cut {
+    /// What the hole is, for a report.
+    pub fn detail(&self) -> String {
+        let rest = if self.zeros < self.damaged {
+            format!(
+                " to a sector boundary, then {} bytes of a frame begun in it,",
+                self.damaged - self.zeros
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "zero-filled gap of {} bytes{rest} followed by {} frames never made durable: \
+             unsynced writes that reached the disk out of order before a crash",
+            self.zeros, self.frames_after
+        )
+    }
+}
+
+/// The [`Cut`] of the newest segment's `bytes`, if it has one.
+pub fn unsynced_cut(bytes: &[u8], first_id: u64, scanned_from: u64) -> Option<Cut> {
+    let mut items = Frames::new(bytes, first_id).skip_while(|i| i.offset() < scanned_from);
+    let (offset, zeros, damaged) = loop {
+        match items.next()? {
+            Item::Frame { .. } => {}
+            Item::Damage { offset, len, .. } => {
+                let zeros = segment::unsynced_gap(bytes, offset, len)?;
+                break (offset, zeros, len);
+            }
+            _ => return None,
+        }
+    };
+    let frames_after = items.filter(|i| matches!(i, Item::Frame { .. })).count() as u64;
+    Some(Cut {
+        offset,
+        zeros,
+        damaged,
+        frames_after,
+    })
+}
+
 /// An iterator over the frames of a segment file's bytes.
 #[derive(Debug)]
 pub struct Frames<'a> {

@@ -302,7 +302,7 @@ fn recover_tail(
         // frame's start, the next one landed): zeros to a sector boundary,
         // then the rest of that frame.
         if let Some(d) = s.damage.first()
-            && let Some(zeros) = unsynced_gap(&map, d.offset, d.len)
+            && let Some(zeros) = segment::unsynced_gap(&map, d.offset, d.len)
         {
             let (cut, gap) = (d.offset, d.len);
             let rest = if zeros < gap {
@@ -409,28 +409,6 @@ fn recover_tail(
         entries,
         damage,
     })
-}
-
-/// The disk's unit of atomic writes; a sector of an unsynced write may
-/// land or not, independently of its neighbours.
-const SECTOR_BYTES: usize = 512;
-
-/// Whether the damaged range `[offset, offset + len)` of a segment is
-/// sectors of unsynced writes that did not land while later ones did:
-/// zeros to its end, or zeros to a sector boundary and then the rest of a
-/// frame that began in them. Returns the zeros' length. At least 4 zero
-/// bytes are asked of the second kind: a frame starts with its CRC, and a
-/// durable frame damaged by a bit flip starts with 4 zero bytes once in
-/// 2^32 (a flip leaves the rest of a frame, not a sector of zeros).
-fn unsynced_gap(map: &[u8], offset: u64, len: u64) -> Option<u64> {
-    let (start, end) = (offset as usize, (offset + len) as usize);
-    let zeros = map[start..end]
-        .iter()
-        .position(|&b| b != 0)
-        .unwrap_or(end - start);
-    let whole = zeros == end - start;
-    let to_sector = zeros >= 4 && (start + zeros).is_multiple_of(SECTOR_BYTES);
-    (whole || to_sector).then_some(zeros as u64)
 }
 
 fn only_zeros(file: &dyn FsFile, len: u64, path: &Path) -> Result<bool> {

@@ -214,6 +214,29 @@ pub fn scan(
     s
 }
 
+/// The disk's unit of atomic writes; a sector of an unsynced write may
+/// land or not, independently of its neighbours.
+pub const SECTOR_BYTES: usize = 512;
+
+/// Whether the damaged range `[offset, offset + len)` of a segment's bytes
+/// `map` (the first one recovery meets in the newest segment) is
+/// sectors of unsynced writes that did not land while later ones did:
+/// zeros to its end, or zeros to a sector boundary and then the rest of a
+/// frame that began in them. Returns the zeros' length. At least 4 zero
+/// bytes are asked of the second kind: a frame starts with its CRC, and a
+/// durable frame damaged by a bit flip starts with 4 zero bytes once in
+/// 2^32 (a flip leaves the rest of a frame, not a sector of zeros).
+/// `None` for an empty range or one outside `map`.
+pub fn unsynced_gap(map: &[u8], offset: u64, len: u64) -> Option<u64> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    let range = map.get(start..end).filter(|r| !r.is_empty())?;
+    let zeros = range.iter().position(|&b| b != 0).unwrap_or(range.len());
+    let whole = zeros == range.len();
+    let to_sector = zeros >= 4 && (start + zeros).is_multiple_of(SECTOR_BYTES);
+    (whole || to_sector).then_some(zeros as u64)
+}
+
 /// Finds the first offset at or after `from` where a valid frame with an id
 /// of at least `next_id` starts.
 pub fn resync(bytes: &[u8], from: usize, next_id: u64, payload_len_max: u32) -> Option<usize> {
@@ -236,6 +259,31 @@ pub fn resync(bytes: &[u8], from: usize, next_id: u64, payload_len_max: u32) -> 
 mod tests {
     use super::*;
     use crate::log::frame::{Attrs, encode};
+
+    #[test]
+    fn unsynced_gap_is_zeros_to_the_end_or_to_a_sector_boundary() {
+        let mut b = vec![7u8; 2048];
+        b[500..512].fill(0);
+        // Zeros to a sector boundary, then the rest of a frame.
+        assert_eq!(unsynced_gap(&b, 500, 100), Some(12));
+        // All zeros.
+        assert_eq!(unsynced_gap(&b, 500, 12), Some(12));
+        // Zeros that stop short of the boundary: damage.
+        b[510] = 1;
+        assert_eq!(unsynced_gap(&b, 500, 100), None);
+        // Fewer than 4 zeros to the boundary: a frame's CRC could start so.
+        let mut b = vec![7u8; 2048];
+        b[1021..1024].fill(0);
+        assert_eq!(unsynced_gap(&b, 1021, 50), None);
+        b[1020] = 0;
+        assert_eq!(unsynced_gap(&b, 1020, 50), Some(4));
+        // Damage that does not start with zeros.
+        assert_eq!(unsynced_gap(&b, 1000, 50), None);
+        // Ranges it cannot look at.
+        assert_eq!(unsynced_gap(&b, 2040, 50), None);
+        assert_eq!(unsynced_gap(&b, 1020, 0), None);
+        assert_eq!(unsynced_gap(&b, u64::MAX, 2), None);
+    }
 
     fn segment(first: u64, n: u64) -> Vec<u8> {
         let mut b = encode_header(first).to_vec();
