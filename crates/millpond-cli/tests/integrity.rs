@@ -339,3 +339,32 @@ fn repair_moves_an_out_of_order_hole_and_what_follows_aside() {
     assert_eq!(report["frames"], victim);
     assert_eq!(drained(&s), lines[..victim]);
 }
+
+/// The older kind of hole, a whole unsynced frame that reads back as
+/// zeros with valid frames after it, which the open already cut: verify
+/// reported it as damage too.
+#[test]
+fn an_all_zero_hole_in_the_newest_segment_is_a_warning_too() {
+    let s = TestStore::new();
+    let lines = filled(&s);
+    let frames = s.json_lines(&["dump", "-q", "q"], 0);
+    let start = frames[5]["offset"].as_u64().unwrap() as usize;
+    let size = frames[5]["size"].as_u64().unwrap() as usize;
+    let seg = s.segments("q").pop().unwrap();
+    std::fs::remove_file(seg.with_extension("idx")).unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[start..start + size].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+    let report = s.json(&["verify"]);
+    assert_eq!(report["errors"], 0, "{report}");
+    let p = &report["problems"][0];
+    assert_eq!(p["severity"], "warning", "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().starts_with(&format!(
+            "zero-filled gap of {size} bytes followed by {} frames",
+            lines.len() - 6
+        )),
+        "{p}"
+    );
+    assert_eq!(drained(&s), lines[..5]);
+}
