@@ -174,6 +174,81 @@ fn gap_of_unsynced_sectors_ending_inside_a_frame_is_cut_like_a_torn_tail() {
     assert_eq!(q.read(2).unwrap().unwrap().payload, b"next");
 }
 
+/// As above, when the sector that landed after the lost one begins with
+/// zero bytes of its own (here the frame's payload starts with 600 zeros):
+/// the zeros then run past the sector boundary, and recovery once required
+/// them to end exactly there (simulator seeds 136893 and 178542).
+#[test]
+fn gap_of_unsynced_sectors_followed_by_landed_zeros_is_cut_like_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut second = vec![0u8; 600];
+    second.extend(payload(1, 400));
+    let payloads = [payload(0, 1000), second, payload(2, 1000), payload(3, 1000)];
+    let (seg, mut bytes) = closed_segment_without_index(dir.path(), &payloads);
+    let cut = 32 + 28 + 1000;
+    bytes[cut..1536].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let torn = store.recovery_report().queues[0]
+        .torn_tail
+        .clone()
+        .expect("reported");
+    assert_eq!(torn.offset, cut as u64);
+    assert!(
+        torn.detail.contains("followed by 2 frames"),
+        "{}",
+        torn.detail
+    );
+    let q = store.queue("q").unwrap();
+    assert_eq!(q.read(1).unwrap().unwrap().payload, payloads[0]);
+    assert_eq!(q.read(2).unwrap(), None);
+}
+
+/// As above, when the sector boundary falls 1 to 3 bytes into a frame,
+/// inside its CRC: only those bytes were lost (they read back as zeros),
+/// and the rest of the frame is intact, so the stored CRC is the computed
+/// one with its first bytes zeroed. Recovery once took it for a bit flip
+/// (simulator seed 172203, 2 bytes).
+#[test]
+fn unsynced_sector_ending_inside_a_frames_crc_is_cut_like_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first frame is 28 + 450 bytes: the second starts at 510.
+    let payloads = [payload(0, 450), payload(1, 300), payload(2, 300)];
+    let (seg, mut bytes) = closed_segment_without_index(dir.path(), &payloads);
+    bytes[510..512].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let torn = store.recovery_report().queues[0]
+        .torn_tail
+        .clone()
+        .expect("reported");
+    assert_eq!(torn.offset, 510);
+    assert!(
+        torn.detail.contains("followed by 1 frames"),
+        "{}",
+        torn.detail
+    );
+    let q = store.queue("q").unwrap();
+    assert_eq!(q.read(1).unwrap().unwrap().payload, payloads[0]);
+    assert_eq!(q.read(2).unwrap(), None);
+}
+
+/// The same two bytes zeroed in a frame that a bit flip also damaged
+/// elsewhere do not match its CRC: damage, not a torn tail.
+#[test]
+fn zeroed_crc_bytes_of_a_frame_flipped_elsewhere_are_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = [payload(0, 450), payload(1, 300), payload(2, 300)];
+    let (seg, mut bytes) = closed_segment_without_index(dir.path(), &payloads);
+    bytes[510..512].fill(0);
+    bytes[510 + 28 + 100] ^= 0x04;
+    fs::write(&seg, &bytes).unwrap();
+    match Store::open(dir.path(), Options::default()) {
+        Err(millpond::Error::Corruption { offset, .. }) => assert_eq!(offset, 510),
+        other => panic!("expected damage at 510: {other:?}"),
+    }
+}
+
 /// The other side of the rule above: a durable frame damaged by a bit
 /// flip, with zeros after it to a sector boundary that are the frame's own
 /// payload, is damage, not a torn tail: the zeros do not start where the

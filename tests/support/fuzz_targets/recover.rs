@@ -19,7 +19,7 @@ use millpond::log::segment::{self, HeaderError, Scan};
 use millpond::{Error, ManualClock, Message, Options, Queue, RecoveryMode, Store};
 
 use super::decoders::PAYLOAD_LEN_MAX;
-use super::le64;
+use super::{crc32, le64};
 
 const STORE: &str = "/fuzz/store";
 const QUEUE: &str = "q";
@@ -220,15 +220,11 @@ fn expect_tail(bytes: &[u8], first_id: u64, mode: RecoveryMode) -> Expect {
         Err(_) => return Expect::Fails(Event::Damage(0)),
     }
     let (mut s, mut events) = walk(bytes, first_id);
-    // A first damaged range of zeros, or of at least 4 zeros to a 512-byte
-    // sector boundary and then anything, is unsynced writes that reached
-    // the disk out of order: cut there, as at a torn tail.
+    // A first damaged range that is a lost sector of unsynced writes (see
+    // `lost_sector`) reached the disk out of order: cut there, as at a torn
+    // tail.
     if let Some(d) = s.damage.first()
-        && {
-            let range = &bytes[d.offset as usize..(d.offset + d.len) as usize];
-            let zeros = range.iter().take_while(|&&b| b == 0).count();
-            zeros == range.len() || (zeros >= 4 && (d.offset as usize + zeros).is_multiple_of(512))
-        }
+        && lost_sector(bytes, d.offset as usize, d.len as usize)
     {
         let cut = d.offset;
         (s, events) = walk(&bytes[..cut as usize], first_id);
@@ -260,6 +256,35 @@ fn expect_tail(bytes: &[u8], first_id: u64, mode: RecoveryMode) -> Expect {
         damaged: s.damage.iter().map(|d| (d.offset, d.len)).collect(),
         header_rewritten: false,
     }
+}
+
+/// Whether the damaged range at `offset` is a 512-byte sector of unsynced
+/// writes that did not land while the next did: all zeros; or zeros from
+/// `offset` through the next sector boundary, when that is 4 bytes or more
+/// on; or, when the boundary is 1-3 bytes on (inside the frame's CRC), a
+/// stored CRC whose first bytes are zero and whose others match the CRC of
+/// the rest of the frame.
+fn lost_sector(bytes: &[u8], offset: usize, len: usize) -> bool {
+    let range = &bytes[offset..offset + len];
+    let zeros = range.iter().take_while(|&&b| b == 0).count();
+    if zeros == range.len() {
+        return true;
+    }
+    let lost = 512 - offset % 512;
+    if lost >= 4 {
+        return zeros >= lost;
+    }
+    let Some(header) = bytes.get(offset..offset + 28) else {
+        return false;
+    };
+    let payload = u32::from_le_bytes(header[4..8].try_into().unwrap()) as usize;
+    let flags = u32::from_le_bytes(header[24..28].try_into().unwrap());
+    let attrs = if flags & 1 != 0 { 4 } else { 0 } + if flags & 2 != 0 { 8 } else { 0 };
+    let Some(body) = bytes.get(offset + 4..offset + 28 + attrs + payload) else {
+        return false;
+    };
+    let computed = crc32(body).to_le_bytes();
+    header[..lost].iter().all(|&b| b == 0) && header[lost..4] == computed[lost..]
 }
 
 /// The event an open or read error stands for; panics on any other error.

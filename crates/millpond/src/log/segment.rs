@@ -219,22 +219,44 @@ pub fn scan(
 pub const SECTOR_BYTES: usize = 512;
 
 /// Whether the damaged range `[offset, offset + len)` of a segment's bytes
-/// `map` (the first one recovery meets in the newest segment) is
-/// sectors of unsynced writes that did not land while later ones did:
-/// zeros to its end, or zeros to a sector boundary and then the rest of a
-/// frame that began in them. Returns the zeros' length. At least 4 zero
-/// bytes are asked of the second kind: a frame starts with its CRC, and a
-/// durable frame damaged by a bit flip starts with 4 zero bytes once in
-/// 2^32 (a flip leaves the rest of a frame, not a sector of zeros).
-/// `None` for an empty range or one outside `map`.
+/// `map` (the first one recovery meets in the newest segment) is a sector
+/// of unsynced writes that did not land while later ones did. The sector's
+/// old contents were the frames before `offset` and the zeros written
+/// ahead of them, so the range is one of:
+///
+/// - zeros to its end;
+/// - zeros from `offset` to the next sector boundary at least 4 bytes on,
+///   then anything (the sector after it landed, holding the rest of the
+///   frame that began at `offset`; it may itself begin with zero bytes).
+///   A durable frame damaged by a bit flip starts with its CRC, 4 zero
+///   bytes once in 2^32, and a flip leaves the rest of the frame in place;
+/// - the boundary 1 to 3 bytes on, inside the frame's CRC: those bytes
+///   zero and the rest of the frame intact, so that the stored CRC is the
+///   computed one with its first bytes zeroed.
+///
+/// Returns the bytes from `offset` to the end of the lost part (the
+/// range's length when it is all zeros). `None` for anything else, and for
+/// an empty range or one outside `map`.
 pub fn unsynced_gap(map: &[u8], offset: u64, len: u64) -> Option<u64> {
     let start = usize::try_from(offset).ok()?;
     let end = start.checked_add(usize::try_from(len).ok()?)?;
     let range = map.get(start..end).filter(|r| !r.is_empty())?;
     let zeros = range.iter().position(|&b| b != 0).unwrap_or(range.len());
-    let whole = zeros == range.len();
-    let to_sector = zeros >= 4 && (start + zeros).is_multiple_of(SECTOR_BYTES);
-    (whole || to_sector).then_some(zeros as u64)
+    if zeros == range.len() {
+        return Some(zeros as u64);
+    }
+    let lost = SECTOR_BYTES - start % SECTOR_BYTES;
+    if lost >= 4 {
+        return (zeros >= lost).then_some(lost as u64);
+    }
+    match crate::log::frame::decode(&map[start..], u32::MAX) {
+        crate::log::frame::Decoded::Bad(crate::log::frame::Bad::Crc { expected, found }) => {
+            let (stored, computed) = (expected.to_le_bytes(), found.to_le_bytes());
+            (stored[..lost].iter().all(|&b| b == 0) && stored[lost..] == computed[lost..])
+                .then_some(lost as u64)
+        }
+        _ => None,
+    }
 }
 
 /// Finds the first offset at or after `from` where a valid frame with an id
@@ -279,7 +301,22 @@ mod tests {
         assert_eq!(unsynced_gap(&b, 1020, 50), Some(4));
         // Damage that does not start with zeros.
         assert_eq!(unsynced_gap(&b, 1000, 50), None);
+        // The sector after the lost one may begin with zero bytes itself.
+        let mut b = vec![7u8; 2048];
+        b[1000..1030].fill(0);
+        assert_eq!(unsynced_gap(&b, 1000, 100), Some(24));
+        // The boundary inside a frame's CRC: its first bytes lost, the rest
+        // of the frame intact.
+        let mut b = vec![7u8; 1022];
+        encode(&mut b, 9, 1, &Attrs::default(), &[5u8; 100]);
+        let frame_len = (b.len() - 1022) as u64;
+        b[1022..1024].fill(0);
+        assert_eq!(unsynced_gap(&b, 1022, frame_len), Some(2));
+        // ... but not when the frame is damaged elsewhere too.
+        b[1100] ^= 1;
+        assert_eq!(unsynced_gap(&b, 1022, frame_len), None);
         // Ranges it cannot look at.
+        let b = vec![7u8; 2048];
         assert_eq!(unsynced_gap(&b, 2040, 50), None);
         assert_eq!(unsynced_gap(&b, 1020, 0), None);
         assert_eq!(unsynced_gap(&b, u64::MAX, 2), None);
