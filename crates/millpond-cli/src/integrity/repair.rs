@@ -433,17 +433,14 @@ impl Repair<'_> {
         // An out-of-order hole of unsynced writes in the newest segment:
         // the next open cuts there, so everything from it goes aside, as a
         // torn tail does, frames after it included.
-        let cut = if newest {
-            let index = if seg.index_path.exists() {
-                Some(read(&seg.index_path)?)
-            } else {
-                None
-            };
-            let from = walk::scanned_from(seg.first_id, bytes.len() as u64, index.as_deref());
-            walk::unsynced_cut(&bytes, seg.first_id, from)
+        let index_bytes = if seg.index_path.exists() {
+            Some(read(&seg.index_path)?)
         } else {
             None
         };
+        let cut = newest
+            .then(|| walk::unsynced_cut(&bytes, seg.first_id, index_bytes.as_deref()))
+            .flatten();
         for item in Frames::new(&bytes, seg.first_id) {
             if cut.as_ref().is_some_and(|c| item.offset() >= c.offset) {
                 break;
@@ -479,8 +476,7 @@ impl Repair<'_> {
         }
         if header_bad.is_none() && bad.is_empty() {
             // The segment is sound; its index must describe it.
-            if seg.index_path.exists() {
-                let index_bytes = read(&seg.index_path)?;
+            if let Some(index_bytes) = index_bytes {
                 let mut check = verify::Report::default();
                 verify::check_index(
                     seg,

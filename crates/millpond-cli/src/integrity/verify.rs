@@ -345,11 +345,7 @@ fn check_queue(dir: &Path, report: &mut Report, progress: &Progress) -> Result<(
             None
         };
         let cut = newest
-            .then(|| {
-                let index = index_bytes.as_deref();
-                let from = walk::scanned_from(seg.first_id, bytes.len() as u64, index);
-                walk::unsynced_cut(&bytes, seg.first_id, from)
-            })
+            .then(|| walk::unsynced_cut(&bytes, seg.first_id, index_bytes.as_deref()))
             .flatten();
         let frames = check_segment(seg, &bytes, newest, cut, last_id, report);
         if let Some(&(_, id)) = frames.last() {

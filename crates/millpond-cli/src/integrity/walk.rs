@@ -74,7 +74,7 @@ impl Item<'_> {
 
 /// Where the next open scans the newest segment from: past what its index
 /// file describes, if that is valid for it, else from its first frame.
-pub fn scanned_from(first_id: u64, segment_len: u64, index: Option<&[u8]>) -> u64 {
+fn scanned_from(first_id: u64, segment_len: u64, index: Option<&[u8]>) -> u64 {
     index
         .and_then(|b| millpond::log::index::decode(b).ok())
         .filter(|m| {
@@ -93,8 +93,8 @@ pub fn scanned_from(first_id: u64, segment_len: u64, index: Option<&[u8]>) -> u6
 pub struct Cut {
     /// Offset of the hole: the segment ends here after the next open.
     pub offset: u64,
-    /// Zero bytes at its start.
-    pub zeros: u64,
+    /// Bytes from `offset` to the end of the sector that did not land.
+    pub lost: u64,
     /// Bytes of the damaged range (zeros, then the rest of a frame).
     pub damaged: u64,
     /// Valid frames after it, which the open drops.
@@ -102,33 +102,23 @@ pub struct Cut {
 }
 
 impl Cut {
-    /// What the hole is, for a report.
+    /// What the hole is, for a report: the text the open reports it with.
     pub fn detail(&self) -> String {
-        let rest = if self.zeros < self.damaged {
-            format!(
-                " to a sector boundary, then {} bytes of a frame begun in it,",
-                self.damaged - self.zeros
-            )
-        } else {
-            String::new()
-        };
-        format!(
-            "zero-filled gap of {} bytes{rest} followed by {} frames never made durable: \
-             unsynced writes that reached the disk out of order before a crash",
-            self.zeros, self.frames_after
-        )
+        segment::unsynced_gap_detail(self.lost, self.damaged, self.frames_after)
     }
 }
 
-/// The [`Cut`] of the newest segment's `bytes`, if it has one.
-pub fn unsynced_cut(bytes: &[u8], first_id: u64, scanned_from: u64) -> Option<Cut> {
-    let mut items = Frames::new(bytes, first_id).skip_while(|i| i.offset() < scanned_from);
-    let (offset, zeros, damaged) = loop {
+/// The [`Cut`] of the newest segment's `bytes`, if it has one; `index` is
+/// its index file's bytes, if it has one.
+pub fn unsynced_cut(bytes: &[u8], first_id: u64, index: Option<&[u8]>) -> Option<Cut> {
+    let from = scanned_from(first_id, bytes.len() as u64, index);
+    let mut items = Frames::new(bytes, first_id).skip_while(|i| i.offset() < from);
+    let (offset, lost, damaged) = loop {
         match items.next()? {
             Item::Frame { .. } => {}
             Item::Damage { offset, len, .. } => {
-                let zeros = segment::unsynced_gap(bytes, offset, len)?;
-                break (offset, zeros, len);
+                let lost = segment::unsynced_gap(bytes, offset, len)?;
+                break (offset, lost, len);
             }
             _ => return None,
         }
@@ -136,7 +126,7 @@ pub fn unsynced_cut(bytes: &[u8], first_id: u64, scanned_from: u64) -> Option<Cu
     let frames_after = items.filter(|i| matches!(i, Item::Frame { .. })).count() as u64;
     Some(Cut {
         offset,
-        zeros,
+        lost,
         damaged,
         frames_after,
     })

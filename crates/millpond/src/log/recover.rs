@@ -302,17 +302,9 @@ fn recover_tail(
         // frame's start, the next one landed): zeros to a sector boundary,
         // then the rest of that frame.
         if let Some(d) = s.damage.first()
-            && let Some(zeros) = segment::unsynced_gap(&map, d.offset, d.len)
+            && let Some(lost) = segment::unsynced_gap(&map, d.offset, d.len)
         {
             let (cut, gap) = (d.offset, d.len);
-            let rest = if zeros < gap {
-                format!(
-                    " to a sector boundary, then {} bytes of a frame begun in it,",
-                    gap - zeros
-                )
-            } else {
-                String::new()
-            };
             let frames_after = s.frames;
             s = segment::scan(
                 &map[..cut as usize],
@@ -326,9 +318,7 @@ fn recover_tail(
             s.torn = Some((
                 cut,
                 file_len - cut,
-                format!(
-                    "zero-filled gap of {zeros} bytes{rest} followed by {dropped} frames never made durable (unsynced writes reached the disk out of order)"
-                ),
+                segment::unsynced_gap_detail(lost, gap, dropped),
             ));
         }
         // Zeros after the last frame are space the writer preallocated (or

@@ -259,6 +259,24 @@ pub fn unsynced_gap(map: &[u8], offset: u64, len: u64) -> Option<u64> {
     }
 }
 
+/// What a hole that [`unsynced_gap`] recognised is, for a report: `lost`
+/// bytes from its start (what it returned) of a damaged range of
+/// `damaged`, with `frames_after` valid frames after it that are dropped
+/// with it.
+pub fn unsynced_gap_detail(lost: u64, damaged: u64, frames_after: u64) -> String {
+    let rest = if lost < damaged {
+        format!(
+            " to a sector boundary, then {} bytes of a frame begun in it,",
+            damaged - lost
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "zero-filled gap of {lost} bytes{rest} followed by {frames_after} frames never made durable (unsynced writes reached the disk out of order)"
+    )
+}
+
 /// Finds the first offset at or after `from` where a valid frame with an id
 /// of at least `next_id` starts.
 pub fn resync(bytes: &[u8], from: usize, next_id: u64, payload_len_max: u32) -> Option<usize> {
