@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use millpond::fs::{CrashOptions, SimFs};
 use millpond::{Durability, Options, Store};
-use millpond_suite::{on_each_fs, payload};
+use millpond_suite::{Place, on_each_fs, payload};
 
 /// Sizes that do not divide 64 KiB evenly, from 1 byte to 3 KiB.
 fn batch(first: u64, n: u64) -> Vec<Vec<u8>> {
@@ -17,19 +17,31 @@ fn batch(first: u64, n: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Every message of `q` from id 1, as (id, payload).
+fn read_all(q: &millpond::Queue) -> Vec<(u64, Vec<u8>)> {
+    q.reader(1)
+        .map(|m| m.map(|m| (m.id, m.payload)).unwrap())
+        .collect()
+}
+
+/// Opens (or reopens) the store of `durability` at `place`: no
+/// compaction, segments of `segment_bytes`.
+fn open_at(place: &Place, durability: Durability, segment_bytes: u64) -> Store {
+    let options = place
+        .options
+        .clone()
+        .durability(durability)
+        .compact_interval(None)
+        .segment_bytes_max(segment_bytes);
+    Store::open(place.path.join(format!("{durability:?}")), options).unwrap()
+}
+
 #[test]
 fn large_batches_read_back_whole_across_chunks_and_rolls() {
     on_each_fs(|place| {
         for durability in [Durability::Sync, Durability::Buffered] {
-            let path = place.path.join(format!("{durability:?}"));
             // Segments of 1 MiB: the 2.4 MB batches below roll inside.
-            let options = place
-                .options
-                .clone()
-                .durability(durability)
-                .compact_interval(None)
-                .segment_bytes_max(1 << 20);
-            let store = Store::open(&path, options.clone()).unwrap();
+            let store = open_at(&place, durability, 1 << 20);
             let q = store.queue("q").unwrap();
             let mut want = Vec::new();
             for round in 0..3 {
@@ -44,10 +56,7 @@ fn large_batches_read_back_whole_across_chunks_and_rolls() {
             }
             assert!(q.log_stats().unwrap().segments >= 6);
             let check = |q: &millpond::Queue| {
-                let got: Vec<(u64, Vec<u8>)> = q
-                    .reader(1)
-                    .map(|m| m.map(|m| (m.id, m.payload)).unwrap())
-                    .collect();
+                let got = read_all(q);
                 assert_eq!(got.len(), want.len());
                 for (i, (id, p)) in got.iter().enumerate() {
                     assert_eq!((*id, p), (i as u64 + 1, &want[i]), "{durability:?}");
@@ -61,7 +70,7 @@ fn large_batches_read_back_whole_across_chunks_and_rolls() {
             drop(q);
             store.close().unwrap();
             drop(store);
-            let store = Store::open(&path, options).unwrap();
+            let store = open_at(&place, durability, 1 << 20);
             check(&store.queue("q").unwrap());
         }
     });
@@ -80,11 +89,9 @@ fn large_sync_batch_survives_a_power_cut_whole() {
     assert_eq!(q.push_batch(&b).unwrap(), 1..1601);
     let image = fs.crash_image(CrashOptions::harsh());
     let store = Store::open("/s", options.fs(Arc::new(image))).unwrap();
-    let got: Vec<Vec<u8>> = store
-        .queue("q")
-        .unwrap()
-        .reader(1)
-        .map(|m| m.unwrap().payload)
+    let got: Vec<Vec<u8>> = read_all(&store.queue("q").unwrap())
+        .into_iter()
+        .map(|(_, p)| p)
         .collect();
     assert_eq!(got, b);
 }
@@ -97,14 +104,7 @@ fn large_sync_batch_survives_a_power_cut_whole() {
 fn a_batch_written_in_pieces_keeps_its_ids_among_concurrent_pushers() {
     on_each_fs(|place| {
         for durability in [Durability::Sync, Durability::Buffered] {
-            let path = place.path.join(format!("{durability:?}"));
-            let options = place
-                .options
-                .clone()
-                .durability(durability)
-                .compact_interval(None)
-                .segment_bytes_max(4 << 20);
-            let store = Store::open(&path, options).unwrap();
+            let store = open_at(&place, durability, 4 << 20);
             let q = store.queue("q").unwrap();
             let stop = std::sync::atomic::AtomicBool::new(false);
             let (batches, singles) = std::thread::scope(|s| {
@@ -149,10 +149,7 @@ fn a_batch_written_in_pieces_keeps_its_ids_among_concurrent_pushers() {
             for (id, p) in &singles {
                 assert!(want.insert(*id, p.clone()).is_none(), "id {id} given twice");
             }
-            let got: Vec<(u64, Vec<u8>)> = q
-                .reader(1)
-                .map(|m| m.map(|m| (m.id, m.payload)).unwrap())
-                .collect();
+            let got = read_all(&q);
             assert_eq!(got.len(), want.len(), "{durability:?}");
             for ((id, p), (want_id, want_p)) in got.iter().zip(&want) {
                 assert_eq!((id, p), (want_id, want_p), "{durability:?}");
@@ -234,11 +231,9 @@ fn failed_piece(with_pusher: bool) -> (millpond::Error, Option<millpond::Error>)
     ));
     let image = fs.crash_image(CrashOptions::clean());
     let store = Store::open("/s", options.fs(Arc::new(image))).unwrap();
-    let got: Vec<Vec<u8>> = store
-        .queue("q")
-        .unwrap()
-        .reader(1)
-        .map(|m| m.unwrap().payload)
+    let got: Vec<Vec<u8>> = read_all(&store.queue("q").unwrap())
+        .into_iter()
+        .map(|(_, p)| p)
         .collect();
     assert_eq!(got[..10], before[..], "acknowledged before the batch");
     assert!(
@@ -284,12 +279,7 @@ fn a_power_cut_inside_a_piecewise_batch_keeps_a_prefix() {
                 report.queues.iter().all(|q| q.damaged.is_empty()),
                 "{durability:?} {ops}: {report:?}"
             );
-            let got: Vec<(u64, Vec<u8>)> = store
-                .queue("q")
-                .unwrap()
-                .reader(1)
-                .map(|m| m.map(|m| (m.id, m.payload)).unwrap())
-                .collect();
+            let got = read_all(&store.queue("q").unwrap());
             assert!(got.len() >= 50, "{durability:?} {ops}: {}", got.len());
             let want = before.iter().chain(&big);
             for ((id, p), (i, w)) in got.iter().zip(want.enumerate()) {

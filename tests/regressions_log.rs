@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use millpond::{Options, Store};
+use millpond::{Options, Store, TornTail};
 use millpond_suite::payload;
 
 /// Reopening with a smaller `message_bytes_max` once treated durable frames
@@ -88,6 +88,25 @@ fn closed_segment_without_index(dir: &Path, payloads: &[Vec<u8>]) -> (PathBuf, V
     (seg, bytes)
 }
 
+/// Opens the store in `dir`, which must report a torn tail of its queue:
+/// the store and the tail.
+fn open_cut(dir: &Path) -> (Store, TornTail) {
+    let store = Store::open(dir, Options::default()).unwrap();
+    let torn = store.recovery_report().queues[0]
+        .torn_tail
+        .clone()
+        .expect("reported");
+    (store, torn)
+}
+
+/// Opening the store in `dir` must fail with damage at `offset`.
+fn open_fails_with_damage_at(dir: &Path, offset: u64) {
+    match Store::open(dir, Options::default()) {
+        Err(millpond::Error::Corruption { offset: at, .. }) => assert_eq!(at, offset),
+        other => panic!("expected damage at {offset}: {other:?}"),
+    }
+}
+
 /// Writeback has no order: after a power cut a later page of unsynced
 /// writes can be on disk while an earlier one reads back as zeros. Recovery
 /// once took the zero-filled gap for interior damage and refused to open
@@ -103,11 +122,7 @@ fn zero_filled_gap_in_unsynced_tail_is_cut_like_a_torn_tail() {
     bytes[gap_start..gap_start + frame].fill(0);
     fs::write(&seg, &bytes).unwrap();
 
-    let store = Store::open(dir.path(), Options::default()).unwrap();
-    let torn = store.recovery_report().queues[0]
-        .torn_tail
-        .clone()
-        .expect("reported");
+    let (store, torn) = open_cut(dir.path());
     assert_eq!(torn.offset, gap_start as u64);
     assert_eq!(torn.bytes, (bytes.len() - gap_start) as u64);
     assert!(torn.detail.contains("zero-filled gap"), "{}", torn.detail);
@@ -146,11 +161,7 @@ fn gap_of_unsynced_sectors_ending_inside_a_frame_is_cut_like_a_torn_tail() {
     bytes[cut..1536].fill(0);
     fs::write(&seg, &bytes).unwrap();
 
-    let store = Store::open(dir.path(), Options::default()).unwrap();
-    let torn = store.recovery_report().queues[0]
-        .torn_tail
-        .clone()
-        .expect("reported");
+    let (store, torn) = open_cut(dir.path());
     assert_eq!(torn.offset, cut as u64);
     assert_eq!(torn.bytes, (bytes.len() - cut) as u64);
     assert!(
@@ -188,11 +199,7 @@ fn gap_of_unsynced_sectors_followed_by_landed_zeros_is_cut_like_a_torn_tail() {
     let cut = 32 + 28 + 1000;
     bytes[cut..1536].fill(0);
     fs::write(&seg, &bytes).unwrap();
-    let store = Store::open(dir.path(), Options::default()).unwrap();
-    let torn = store.recovery_report().queues[0]
-        .torn_tail
-        .clone()
-        .expect("reported");
+    let (store, torn) = open_cut(dir.path());
     assert_eq!(torn.offset, cut as u64);
     assert!(
         torn.detail.contains("followed by 2 frames"),
@@ -217,11 +224,7 @@ fn unsynced_sector_ending_inside_a_frames_crc_is_cut_like_a_torn_tail() {
     let (seg, mut bytes) = closed_segment_without_index(dir.path(), &payloads);
     bytes[510..512].fill(0);
     fs::write(&seg, &bytes).unwrap();
-    let store = Store::open(dir.path(), Options::default()).unwrap();
-    let torn = store.recovery_report().queues[0]
-        .torn_tail
-        .clone()
-        .expect("reported");
+    let (store, torn) = open_cut(dir.path());
     assert_eq!(torn.offset, 510);
     assert!(
         torn.detail.contains("followed by 1 frames"),
@@ -243,10 +246,7 @@ fn zeroed_crc_bytes_of_a_frame_flipped_elsewhere_are_damage() {
     bytes[510..512].fill(0);
     bytes[510 + 28 + 100] ^= 0x04;
     fs::write(&seg, &bytes).unwrap();
-    match Store::open(dir.path(), Options::default()) {
-        Err(millpond::Error::Corruption { offset, .. }) => assert_eq!(offset, 510),
-        other => panic!("expected damage at 510: {other:?}"),
-    }
+    open_fails_with_damage_at(dir.path(), 510);
 }
 
 /// The other side of the rule above: a durable frame damaged by a bit
@@ -261,10 +261,7 @@ fn flipped_frame_with_zero_payload_is_still_reported_as_damage() {
     let second = 32 + 28 + 1000;
     bytes[second + 9] ^= 0x10; // the id of the zero-payload frame
     fs::write(&seg, &bytes).unwrap();
-    match Store::open(dir.path(), Options::default()) {
-        Err(millpond::Error::Corruption { offset, .. }) => assert_eq!(offset, second as u64),
-        other => panic!("expected damage at {second}: {other:?}"),
-    }
+    open_fails_with_damage_at(dir.path(), second as u64);
 }
 
 /// A reader tailing a `Sync` queue must never return a frame that is written
