@@ -288,3 +288,41 @@ fn a_power_cut_inside_a_piecewise_batch_keeps_a_prefix() {
         }
     }
 }
+
+/// DESIGN.md guarantee 1 for a batch written in pieces: under `Sync` it is
+/// one fsync after its last piece, not one per piece, and readers see none
+/// of it until that fsync succeeds. With the fsync failing, the pieces the
+/// OS already has stay unread.
+#[test]
+fn a_piecewise_sync_batch_is_one_fsync_and_unread_until_it() {
+    let fs = SimFs::new(13);
+    let options = Options::default()
+        .fs(Arc::new(fs.clone()))
+        .compact_interval(None)
+        .segment_bytes_max(16 << 20);
+    let store = Store::open("/s", options).unwrap();
+    let q = store.queue("q").unwrap();
+    let before = batch(0, 10);
+    assert_eq!(q.push_batch(&before).unwrap(), 1..11);
+    // 4,000 frames of 328 bytes: 1.3 MB, five pieces.
+    let big: Vec<Vec<u8>> = (0..4000).map(|i| payload(i, 300)).collect();
+    let syncs = fs.stats().syncs;
+    assert_eq!(q.push_batch(&big).unwrap(), 11..4011);
+    assert_eq!(fs.stats().syncs - syncs, 1, "one fsync for the batch");
+
+    fs.inject(millpond::fs::Fault {
+        kind: millpond::fs::FaultKind::Sync,
+        nth: 1,
+        error: millpond::fs::FaultError::Eio,
+    });
+    let writes = fs.stats().writes;
+    assert!(q.push_batch(&big).is_err());
+    assert!(
+        fs.stats().writes - writes >= 20,
+        "every piece was handed to the OS before the fsync"
+    );
+    let got = read_all(&q);
+    assert_eq!(got.len(), 4010, "none of the failed batch is readable");
+    assert_eq!(got[9].1, before[9]);
+    assert_eq!(got[4009].1, big[3999]);
+}
